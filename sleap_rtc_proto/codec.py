@@ -1,0 +1,199 @@
+"""Encode bodies into Envelope bytes and decode bytes back, with typed errors.
+
+Stateless: message numbering, fragmentation and reassembly of one connection
+live in :mod:`sleap_rtc_proto.stream`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from sleap_rtc_proto.errors import FrameTooLarge, MalformedFrame, MissingBody, UnsupportedVersion
+from sleap_rtc_proto.v1 import (
+    envelope_pb2,
+    error_pb2,
+    handshake_pb2,
+    job_pb2,
+    paths_pb2,
+    progress_pb2,
+)
+from sleap_rtc_proto.versions import CURRENT, SUPPORTED, Version
+
+Envelope = envelope_pb2.Envelope
+
+#: Largest datachannel message (SCTP limit used by aiortc and browsers).
+MAX_FRAME_BYTES = 262_144
+#: Default cap on a reassembled message.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Default cap on TrainJobSpec.config_content.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Envelope field numbers below this are header fields; from it on, bodies.
+FIRST_BODY_FIELD = 10
+
+Body = Union[
+    handshake_pb2.Hello,
+    handshake_pb2.HelloAck,
+    error_pb2.Error,
+    paths_pb2.PathCheckRequest,
+    paths_pb2.PathCheckResult,
+    job_pb2.JobSubmit,
+    job_pb2.JobAccepted,
+    job_pb2.JobRejected,
+    job_pb2.JobControl,
+    job_pb2.JobAttach,
+    job_pb2.JobStatus,
+    progress_pb2.JobProgress,
+    progress_pb2.JobLog,
+    progress_pb2.JobComplete,
+    progress_pb2.JobFailed,
+    envelope_pb2.Fragment,
+]
+
+_BODY_ONEOF = Envelope.DESCRIPTOR.oneofs_by_name["body"]
+#: Envelope oneof field name for each body message's full name.
+BODY_FIELDS: dict[str, str] = {f.message_type.full_name: f.name for f in _BODY_ONEOF.fields}
+#: Body field names, in field-number order.
+BODY_NAMES: tuple[str, ...] = tuple(f.name for f in sorted(_BODY_ONEOF.fields, key=lambda f: f.number))
+
+
+@dataclass(frozen=True)
+class UnknownBody:
+    """A body this code does not know (a newer minor version), kept as raw bytes.
+
+    Attributes:
+        field_number: the Envelope field number of the body.
+        data: the body's encoded bytes (length-delimited payload), unchanged.
+    """
+
+    field_number: int
+    data: bytes
+
+    @property
+    def name(self) -> str:
+        return f"unknown_body_{self.field_number}"
+
+
+def body_field(body: Message) -> str:
+    """The Envelope oneof field name that holds ``body``.
+
+    Raises:
+        TypeError: ``body`` is not a body message of this schema.
+    """
+    try:
+        return BODY_FIELDS[body.DESCRIPTOR.full_name]
+    except KeyError:
+        raise TypeError(f"{type(body).__name__} is not an Envelope body") from None
+
+
+def make_envelope(
+    body: Message,
+    *,
+    message_id: int,
+    correlation_id: int = 0,
+    sent_time_unix_nano: int = 0,
+    version: Version = CURRENT,
+) -> Envelope:
+    """Wrap ``body`` in an Envelope (the body is copied)."""
+    envelope = Envelope(
+        version=version.to_proto(),
+        message_id=message_id,
+        correlation_id=correlation_id,
+        sent_time_unix_nano=sent_time_unix_nano,
+    )
+    getattr(envelope, body_field(body)).CopyFrom(body)
+    return envelope
+
+
+def encode(
+    body: Message,
+    *,
+    message_id: int,
+    correlation_id: int = 0,
+    sent_time_unix_nano: int = 0,
+    version: Version = CURRENT,
+) -> bytes:
+    """Encode ``body`` as the bytes of an Envelope.
+
+    >>> from sleap_rtc_proto.v1 import job_pb2
+    >>> data = encode(job_pb2.JobControl(job_id="j1", action=job_pb2.CONTROL_ACTION_STOP), message_id=1)
+    >>> body_of(decode(data)).job_id
+    'j1'
+    """
+    if message_id <= 0:
+        raise ValueError("message_id must be positive")
+    return make_envelope(
+        body,
+        message_id=message_id,
+        correlation_id=correlation_id,
+        sent_time_unix_nano=sent_time_unix_nano,
+        version=version,
+    ).SerializeToString()
+
+
+def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
+    """Decode and check one Envelope.
+
+    Checks size, protobuf well-formedness, the header (version, message id) and
+    that a body (known or unknown) is present. Does not reassemble fragments.
+
+    Raises:
+        FrameTooLarge: ``data`` is longer than ``max_bytes``.
+        MalformedFrame: not an Envelope, or a required header field is unset.
+        MissingBody: an Envelope with no body.
+        UnsupportedVersion: a major version this code does not speak.
+    """
+    if len(data) > max_bytes:
+        raise FrameTooLarge(
+            f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes",
+            details={"size_bytes": str(len(data)), "limit_bytes": str(max_bytes)},
+        )
+    envelope = Envelope()
+    try:
+        envelope.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise MalformedFrame(f"not a protobuf Envelope ({len(data)} bytes): {exc}") from None
+    if not envelope.HasField("version") or envelope.version.major == 0:
+        raise MalformedFrame("Envelope has no protocol version (field 1)")
+    major = envelope.version.major
+    if not SUPPORTED.min.major <= major <= SUPPORTED.max.major:
+        raise UnsupportedVersion(
+            f"protocol major version {major} is not supported; this side speaks {SUPPORTED}",
+            details={"remote": str(Version.from_proto(envelope.version)), "local": str(SUPPORTED)},
+        )
+    if envelope.message_id == 0:
+        raise MalformedFrame("Envelope has no message_id (field 2)")
+    if envelope.WhichOneof("body") is None and _unknown_body(envelope) is None:
+        raise MissingBody("Envelope has no body")
+    return envelope
+
+
+def body_of(envelope: Envelope) -> Message | UnknownBody:
+    """The envelope's body message, or :class:`UnknownBody` for a newer body."""
+    name = envelope.WhichOneof("body")
+    if name is not None:
+        body: Message = getattr(envelope, name)
+        return body
+    unknown = _unknown_body(envelope)
+    if unknown is None:
+        raise MissingBody("Envelope has no body")
+    return unknown
+
+
+def body_name(envelope: Envelope) -> str:
+    """The body's field name, e.g. ``"job_submit"`` or ``"unknown_body_45"``."""
+    name = envelope.WhichOneof("body")
+    if name is not None:
+        return name
+    unknown = _unknown_body(envelope)
+    return unknown.name if unknown is not None else "none"
+
+
+def _unknown_body(envelope: Envelope) -> UnknownBody | None:
+    for field in UnknownFieldSet(envelope):
+        if field.field_number >= FIRST_BODY_FIELD and isinstance(field.data, bytes):
+            return UnknownBody(field.field_number, field.data)
+    return None
