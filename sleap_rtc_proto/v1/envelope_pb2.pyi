@@ -7,8 +7,10 @@ Stability contract for package sleap_rtc_proto.v1: field numbers, field names,
 field types, enum value numbers and the package name never change. Allowed
 additions (a new minor version): new fields, new messages, new enum values and
 new bodies in Envelope.body. Removed fields are `reserved` by number and name.
-The field numbers 1 (version) of Envelope are fixed for every future major
-version, so that any peer can read which version a frame speaks.
+Envelope field 1 (version) is fixed for every future major version, so that
+any peer can read which version a frame speaks. Envelope field numbers 1 to 9
+are header fields; numbers 10 and up are bodies, so an unknown field numbered
+10 or more is an unknown body from a newer minor version.
 """
 
 from google.protobuf import descriptor as _descriptor

@@ -323,9 +323,11 @@ class JobControl(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """job_id is the job to control. Required."""
+    """job_id is the job to control. Required ("job_id.format")."""
     action: Global___ControlAction.ValueType
-    """action is what to do. Required (not UNSPECIFIED)."""
+    """action is what to do. Required: a known action, not UNSPECIFIED
+    ("job_control.action.specified").
+    """
     def __init__(
         self,
         *,
@@ -351,7 +353,7 @@ class JobAttach(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """job_id is the job to attach to. Required."""
+    """job_id is the job to attach to. Required ("job_id.format")."""
     after_sequence: _builtins.int
     """after_sequence is the last JobProgress/JobLog sequence the client saw.
     Unset (0) means resend everything the worker kept.

@@ -34,7 +34,9 @@ class TrainJobSpec(_message.Message):
     "spec.run_name.format" (1..128 of [A-Za-z0-9._-], not "." or ".."),
     "spec.path_mappings.absolute", "spec.prefix_mappings.absolute" (keys and
     values non-empty absolute paths, POSIX or Windows),
-    "spec.config_paths.absolute", "spec.config_content.size".
+    "spec.config_paths.absolute" (checked only when config_content is absent),
+    "spec.config_content.empty" (blank content), "spec.config_content.size"
+    (at most the worker's max_config_bytes, 1 MiB by default, as UTF-8).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -1,0 +1,1 @@
+"""Authentication: JWT issue and verification (tokens), token storage (store)."""

@@ -1,0 +1,1 @@
+"""Transports: byte links between a client and a worker (in-memory, WebRTC)."""
