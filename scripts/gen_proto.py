@@ -16,12 +16,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 PACKAGE = "sleap_rtc_proto/v1"
-INIT_TEXT = '"""Generated protobuf bindings of schema package sleap_rtc_proto.v1 (do not edit)."""\n'
+INIT_TEXT = (
+    '"""Generated protobuf bindings of schema package sleap_rtc_proto.v1 (do not edit)."""\n'
+)
 
 
 def generate(out_root: Path) -> list[Path]:
     """Generate bindings under out_root/sleap_rtc_proto/v1 and return their paths."""
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # type: ignore[import-untyped]
 
     out_dir = out_root / PACKAGE
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +48,7 @@ def generate(out_root: Path) -> list[Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     (out_dir / "__init__.py").write_text(INIT_TEXT)
-    return sorted(out_dir.glob("*_pb2.py*")) + [out_dir / "__init__.py"]
+    return [*sorted(out_dir.glob("*_pb2.py*")), out_dir / "__init__.py"]
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ live in :mod:`sleap_rtc_proto.stream`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeAlias
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -33,31 +33,40 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_CONFIG_BYTES = 1024 * 1024
 #: Envelope field numbers below this are header fields; from it on, bodies.
 FIRST_BODY_FIELD = 10
+_MIN_MAJOR, _MAX_MAJOR = SUPPORTED.min.major, SUPPORTED.max.major
 
-Body = Union[
-    handshake_pb2.Hello,
-    handshake_pb2.HelloAck,
-    error_pb2.Error,
-    paths_pb2.PathCheckRequest,
-    paths_pb2.PathCheckResult,
-    job_pb2.JobSubmit,
-    job_pb2.JobAccepted,
-    job_pb2.JobRejected,
-    job_pb2.JobControl,
-    job_pb2.JobAttach,
-    job_pb2.JobStatus,
-    progress_pb2.JobProgress,
-    progress_pb2.JobLog,
-    progress_pb2.JobComplete,
-    progress_pb2.JobFailed,
-    envelope_pb2.Fragment,
-]
+#: Every body message type of schema v1.
+Body: TypeAlias = (
+    handshake_pb2.Hello
+    | handshake_pb2.HelloAck
+    | error_pb2.Error
+    | paths_pb2.PathCheckRequest
+    | paths_pb2.PathCheckResult
+    | job_pb2.JobSubmit
+    | job_pb2.JobAccepted
+    | job_pb2.JobRejected
+    | job_pb2.JobControl
+    | job_pb2.JobAttach
+    | job_pb2.JobStatus
+    | progress_pb2.JobProgress
+    | progress_pb2.JobLog
+    | progress_pb2.JobComplete
+    | progress_pb2.JobFailed
+    | envelope_pb2.Fragment
+)
 
 _BODY_ONEOF = Envelope.DESCRIPTOR.oneofs_by_name["body"]
 #: Envelope oneof field name for each body message's full name.
-BODY_FIELDS: dict[str, str] = {f.message_type.full_name: f.name for f in _BODY_ONEOF.fields}
+_BODY_TYPES: list[tuple[str, int, str]] = [
+    (f.message_type.full_name, f.number, f.name)
+    for f in _BODY_ONEOF.fields
+    if f.message_type is not None
+]
+BODY_FIELDS: dict[str, str] = {full_name: name for full_name, _, name in _BODY_TYPES}
 #: Body field names, in field-number order.
-BODY_NAMES: tuple[str, ...] = tuple(f.name for f in sorted(_BODY_ONEOF.fields, key=lambda f: f.number))
+BODY_NAMES: tuple[str, ...] = tuple(
+    f.name for f in sorted(_BODY_ONEOF.fields, key=lambda f: f.number)
+)
 
 
 @dataclass(frozen=True)
@@ -118,20 +127,75 @@ def encode(
 ) -> bytes:
     """Encode ``body`` as the bytes of an Envelope.
 
+    Writes the Envelope header and the length-delimited body field directly
+    (the bytes ``make_envelope(...).SerializeToString()`` gives, without
+    copying the body into an Envelope first).
+
     >>> from sleap_rtc_proto.v1 import job_pb2
-    >>> data = encode(job_pb2.JobControl(job_id="j1", action=job_pb2.CONTROL_ACTION_STOP), message_id=1)
-    >>> body_of(decode(data)).job_id
+    >>> body = job_pb2.JobControl(job_id="j1", action=job_pb2.CONTROL_ACTION_STOP)
+    >>> body_of(decode(encode(body, message_id=1))).job_id
     'j1'
+
+    Raises:
+        TypeError: ``body`` is not an Envelope body.
+        ValueError: ``message_id`` is not positive, or a header value is out of range.
     """
     if message_id <= 0:
         raise ValueError("message_id must be positive")
-    return make_envelope(
-        body,
-        message_id=message_id,
-        correlation_id=correlation_id,
-        sent_time_unix_nano=sent_time_unix_nano,
-        version=version,
-    ).SerializeToString()
+    key = _BODY_KEYS.get(body.DESCRIPTOR.full_name)
+    if key is None:
+        raise TypeError(f"{type(body).__name__} is not an Envelope body")
+    header = _version_field(version) + b"\x10" + _varint(message_id)
+    if correlation_id:
+        header += b"\x18" + _varint(correlation_id)
+    if sent_time_unix_nano:
+        if not 0 <= sent_time_unix_nano <= _U64:
+            raise ValueError(f"sent_time_unix_nano {sent_time_unix_nano} is out of range")
+        header += b"\x21" + sent_time_unix_nano.to_bytes(8, "little")
+    payload = body.SerializeToString()
+    return b"".join((header, key, _varint(len(payload)), payload))
+
+
+_U64 = 2**64 - 1
+_U32 = 2**32 - 1
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a uint64 (ValueError outside 0..2**64-1)."""
+    if not 0 <= value <= _U64:
+        raise ValueError(f"{value} is out of range for uint64")
+    if value < 0x80:
+        return _SMALL[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+#: Tag bytes (field number, wire type 2) of each body, by message full name.
+_BODY_KEYS: dict[str, bytes] = {
+    full_name: _varint(number << 3 | 2) for full_name, number, _ in _BODY_TYPES
+}
+_VERSION_FIELDS: dict[Version, bytes] = {}
+
+
+def _version_field(version: Version) -> bytes:
+    """Envelope field 1 (ProtocolVersion) for ``version``, cached."""
+    cached = _VERSION_FIELDS.get(version)
+    if cached is None:
+        major, minor = version
+        if not (0 <= major <= _U32 and 0 <= minor <= _U32):
+            raise ValueError(f"protocol version {version} is out of range for uint32")
+        inner = (b"\x08" + _varint(major) if major else b"") + (
+            b"\x10" + _varint(minor) if minor else b""
+        )
+        cached = b"\x0a" + _varint(len(inner)) + inner
+        if len(_VERSION_FIELDS) < 64:
+            _VERSION_FIELDS[version] = cached
+    return cached
 
 
 def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
@@ -156,10 +220,10 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
         envelope.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise MalformedFrame(f"not a protobuf Envelope ({len(data)} bytes): {exc}") from None
-    if not envelope.HasField("version") or envelope.version.major == 0:
+    major = envelope.version.major  # 0 when the field is absent
+    if major == 0:
         raise MalformedFrame("Envelope has no protocol version (field 1)")
-    major = envelope.version.major
-    if not SUPPORTED.min.major <= major <= SUPPORTED.max.major:
+    if not _MIN_MAJOR <= major <= _MAX_MAJOR:
         raise UnsupportedVersion(
             f"protocol major version {major} is not supported; this side speaks {SUPPORTED}",
             details={"remote": str(Version.from_proto(envelope.version)), "local": str(SUPPORTED)},
@@ -193,7 +257,9 @@ def body_name(envelope: Envelope) -> str:
 
 
 def _unknown_body(envelope: Envelope) -> UnknownBody | None:
-    for field in UnknownFieldSet(envelope):
+    unknown = UnknownFieldSet(envelope)
+    for i in range(len(unknown)):
+        field = unknown[i]
         if field.field_number >= FIRST_BODY_FIELD and isinstance(field.data, bytes):
             return UnknownBody(field.field_number, field.data)
     return None

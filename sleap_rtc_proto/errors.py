@@ -15,7 +15,7 @@ from sleap_rtc_proto.v1 import error_pb2
 class ProtocolError(Exception):
     """Base class: something the remote peer sent could not be used."""
 
-    code: int = error_pb2.ERROR_CODE_INTERNAL
+    code: error_pb2.ErrorCode.ValueType = error_pb2.ERROR_CODE_INTERNAL
     retryable: bool = False
 
     def __init__(self, message: str, *, details: Mapping[str, str] | None = None) -> None:

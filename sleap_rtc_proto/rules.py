@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from google.protobuf.message import Message
 
@@ -37,9 +38,11 @@ RULES: dict[str, str] = {
     "spec.max_epochs.range": "max_epochs, when present, is 1..100000.",
     "spec.batch_size.range": "batch_size, when present, is 1..4096.",
     "spec.learning_rate.range": "learning_rate, when present, is finite and 0 < lr <= 1.",
-    "spec.run_name.format": 'run_name, when present, is 1..128 of [A-Za-z0-9._-], not "." or "..".',
+    "spec.run_name.format": "run_name, when present, is 1..128 of [A-Za-z0-9._-], not . or ..",
     "spec.path_mappings.absolute": "path_mappings keys and values are non-empty absolute paths.",
-    "spec.prefix_mappings.absolute": "prefix_mappings keys and values are non-empty absolute paths.",
+    "spec.prefix_mappings.absolute": (
+        "prefix_mappings keys and values are non-empty absolute paths."
+    ),
     "job_id.format": "A job id is 1..64 of [A-Za-z0-9._-], starting with a letter or digit.",
     "job_submit.spec.required": "JobSubmit.spec is set.",
     "job_control.action.specified": "JobControl.action is a known action, not UNSPECIFIED.",
@@ -94,7 +97,7 @@ class Violation:
         return job_pb2.FieldViolation(
             field=self.field,
             rule_id=self.rule_id,
-            code=self.code,  # type: ignore[arg-type]
+            code=cast(job_pb2.ViolationCode.ValueType, self.code),
             message=self.message,
             path=self.path,
         )
@@ -307,9 +310,7 @@ def validate_job_submit(msg: job_pb2.JobSubmit) -> list[Violation]:
     """Every rule violation of a JobSubmit (job id and spec)."""
     out = _job_id_violations(msg.job_id, "job_id")
     if not msg.HasField("spec"):
-        out.append(
-            Violation("spec", "job_submit.spec.required", REQUIRED, "JobSubmit has no spec")
-        )
+        out.append(Violation("spec", "job_submit.spec.required", REQUIRED, "JobSubmit has no spec"))
     else:
         out.extend(validate_train_job_spec(msg.spec))
     return out

@@ -9,6 +9,7 @@ still arriving. Time is passed in, never read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 
 from google.protobuf.message import Message
 
@@ -17,14 +18,15 @@ from sleap_rtc_proto.codec import (
     MAX_MESSAGE_BYTES,
     Envelope,
     decode,
-    make_envelope,
+    encode,
 )
 from sleap_rtc_proto.errors import FragmentError, FrameTooLarge
 from sleap_rtc_proto.v1 import envelope_pb2
 from sleap_rtc_proto.versions import CURRENT, Version
 
-#: Bytes reserved in each fragment frame for its own envelope and header.
-FRAGMENT_OVERHEAD = 64
+#: Bytes reserved in each fragment frame for its own envelope and header. The
+#: worst case (every varint at its widest, a sent time) is 77 bytes.
+FRAGMENT_OVERHEAD = 80
 #: Seconds a partial message may wait for its missing fragments.
 DEFAULT_REASSEMBLY_TIMEOUT_S = 30.0
 #: Fragmented messages that may be in flight at once.
@@ -61,12 +63,12 @@ def split(
             data=data[index * chunk : (index + 1) * chunk],
         )
         frames.append(
-            make_envelope(
+            encode(
                 piece,
                 message_id=next_message_id + index,
                 sent_time_unix_nano=sent_time_unix_nano,
                 version=version,
-            ).SerializeToString()
+            )
         )
     return frames
 
@@ -112,11 +114,16 @@ class Reassembler:
         details = {"fragmented_message_id": str(key), "index": str(piece.index)}
         if key == 0:
             raise FragmentError("fragment without fragmented_message_id", details=details)
-        if piece.count < 2 or piece.index >= piece.count or not piece.data:
+        if (
+            piece.count < 2
+            or piece.index >= piece.count
+            or not piece.data
+            or piece.count > piece.total_bytes
+        ):
             self._partials.pop(key, None)
             raise FragmentError(
                 f"fragment {piece.index} of {piece.count} of message {key} is invalid "
-                "(count below 2, index out of range or empty data)",
+                "(count below 2 or above total_bytes, index out of range or empty data)",
                 details=details,
             )
         if piece.total_bytes > self.max_message_bytes:
@@ -124,7 +131,10 @@ class Reassembler:
             raise FrameTooLarge(
                 f"fragmented message {key} announces {piece.total_bytes} bytes, over the "
                 f"limit of {self.max_message_bytes} bytes",
-                details={"size_bytes": str(piece.total_bytes), "limit_bytes": str(self.max_message_bytes)},
+                details={
+                    "size_bytes": str(piece.total_bytes),
+                    "limit_bytes": str(self.max_message_bytes),
+                },
             )
         partial = self._partials.get(key)
         if partial is None:
@@ -171,11 +181,14 @@ class Reassembler:
         for key, partial in list(self._partials.items()):
             if now - partial.started > self.timeout_s:
                 del self._partials[key]
-                missing = sorted(set(range(partial.count)) - set(partial.pieces))
+                # Lazy: count may be huge; stop at the first ten gaps.
+                gaps = (i for i in range(partial.count) if i not in partial.pieces)
+                missing = list(islice(gaps, 10))
                 errors.append(
                     FragmentError(
                         f"fragmented message {key} timed out after {self.timeout_s:g} s "
-                        f"missing fragments {missing[:10]}",
+                        f"missing fragments {missing}"
+                        f"{' and more' if partial.count - len(partial.pieces) > 10 else ''}",
                         details={"fragmented_message_id": str(key)},
                     )
                 )
@@ -206,13 +219,13 @@ class MessageStream:
     ) -> tuple[int, list[bytes]]:
         """Encode ``body``; return its message id and the frames to send, in order."""
         message_id = self._next_id
-        data = make_envelope(
+        data = encode(
             body,
             message_id=message_id,
             correlation_id=correlation_id,
             sent_time_unix_nano=sent_time_unix_nano,
             version=self.version,
-        ).SerializeToString()
+        )
         if len(data) > self.max_message_bytes:
             raise FrameTooLarge(
                 f"outgoing {type(body).__name__} of {len(data)} bytes exceeds the limit of "
@@ -243,8 +256,17 @@ class MessageStream:
         if whole is None:
             return None
         inner = decode(whole, max_bytes=self.max_message_bytes)
+        key = envelope.fragment.fragmented_message_id
         if inner.WhichOneof("body") == "fragment":
-            raise FragmentError("a fragment may not contain another fragment")
+            raise FragmentError(
+                "a fragment may not contain another fragment",
+                details={"fragmented_message_id": str(key)},
+            )
+        if inner.message_id != key:
+            raise FragmentError(
+                f"fragments of message {key} reassemble into message {inner.message_id}",
+                details={"fragmented_message_id": str(key)},
+            )
         return inner
 
     def expire(self, now: float) -> list[FragmentError]:

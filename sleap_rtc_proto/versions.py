@@ -44,7 +44,8 @@ SUPPORTED = VersionRange(Version(1, 0), CURRENT)
 def negotiate(local: VersionRange, remote: VersionRange) -> Version:
     """Pick the highest version both ranges contain.
 
-    >>> negotiate(VersionRange(Version(1, 0), Version(1, 3)), VersionRange(Version(1, 1), Version(1, 2)))
+    >>> ours = VersionRange(Version(1, 0), Version(1, 3))
+    >>> negotiate(ours, VersionRange(Version(1, 1), Version(1, 2)))
     Version(major=1, minor=2)
 
     Raises:
