@@ -68,7 +68,9 @@ def redact(token: str) -> str:
 class TokenIssuer:
     """Signs tokens with an Ed25519 key pair and publishes the public key as a JWKS."""
 
-    def __init__(self, private_key: Ed25519PrivateKey, *, issuer: str = ISSUER, key_id: str = "") -> None:
+    def __init__(
+        self, private_key: Ed25519PrivateKey, *, issuer: str = ISSUER, key_id: str = ""
+    ) -> None:
         self._key = private_key
         self.issuer = issuer
         raw = private_key.public_key().public_bytes(
@@ -159,9 +161,10 @@ class TokenVerifier:
         return cls(keys, **kwargs)
 
     @classmethod
-    def for_issuer(cls, issuer: TokenIssuer, **kwargs: Any) -> TokenVerifier:
-        kwargs.setdefault("issuer", issuer.issuer)
-        return cls({issuer.key_id: issuer.public_key()}, **kwargs)
+    def for_issuer(cls, source: TokenIssuer, /, **kwargs: Any) -> TokenVerifier:
+        """A verifier for the tokens of ``source`` (same process, e.g. tests and the demo)."""
+        kwargs.setdefault("issuer", source.issuer)
+        return cls({source.key_id: source.public_key()}, **kwargs)
 
     def verify(self, token: str, *, room: str | None = None, now: float | None = None) -> Claims:
         """Check signature, algorithm, expiry (with leeway), audience, issuer and room.
@@ -176,13 +179,15 @@ class TokenVerifier:
         except jwt.DecodeError as exc:
             raise TokenError("malformed", f"token is not a JWT: {exc}") from None
         if header.get("alg") != ALGORITHM:
-            raise TokenError("unsupported_alg", f"token algorithm {header.get('alg')!r} is not accepted")
+            raise TokenError(
+                "unsupported_alg", f"token algorithm {header.get('alg')!r} is not accepted"
+            )
         key = self._keys.get(str(header.get("kid", "")))
         if key is None:
             if len(self._keys) != 1 or "kid" in header:
                 raise TokenError("unknown_key", "token was signed by an unknown key")
             key = next(iter(self._keys.values()))
-        options = {"require": ["exp", "iat", "sub", "aud", "iss"]}
+        options: Any = {"require": ["exp", "iat", "sub", "aud", "iss"]}
         try:
             if now is None:
                 payload = jwt.decode(
@@ -201,7 +206,9 @@ class TokenVerifier:
         except jwt.ImmatureSignatureError:
             raise TokenError("not_yet_valid", "token is not valid yet") from None
         except jwt.InvalidAudienceError:
-            raise TokenError("wrong_audience", f"token is not for audience {self.audience!r}") from None
+            raise TokenError(
+                "wrong_audience", f"token is not for audience {self.audience!r}"
+            ) from None
         except jwt.InvalidIssuerError:
             raise TokenError("wrong_issuer", f"token was not issued by {self.issuer!r}") from None
         except jwt.InvalidSignatureError:
@@ -222,16 +229,17 @@ class TokenVerifier:
         return claims
 
     def _decode_at(
-        self, token: str, key: Ed25519PublicKey, now: float, options: dict[str, Any]
+        self, token: str, key: Ed25519PublicKey, now: float, options: Any
     ) -> dict[str, Any]:
         """Decode with an explicit clock: pyjwt reads time itself, so check times here."""
+        relaxed: Any = {**options, "verify_exp": False, "verify_nbf": False, "verify_iat": False}
         payload: dict[str, Any] = jwt.decode(
             token,
             key,
             algorithms=[ALGORITHM],
             audience=self.audience,
             issuer=self.issuer,
-            options={**options, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+            options=relaxed,
         )
         if float(payload["exp"]) + self.leeway_s <= now:
             raise jwt.ExpiredSignatureError()

@@ -1,0 +1,412 @@
+"""A streaming MCAP scanner that survives truncated and corrupt files.
+
+The mcap library's readers stop with an exception at the first bad byte; an
+inspector must instead show everything up to the damage and say where it
+stopped. This scanner reads records in file order (chunks decompressed one at
+a time, so memory stays bounded on multi-GB files), validates lengths against
+the file size before reading, checks chunk CRCs, and reports problems with the
+byte offset instead of raising. Only a file that is not MCAP at all raises
+:class:`CaptureError`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+MAGIC = b"\x89MCAP0\r\n"
+
+OP_HEADER = 0x01
+OP_FOOTER = 0x02
+OP_SCHEMA = 0x03
+OP_CHANNEL = 0x04
+OP_MESSAGE = 0x05
+OP_CHUNK = 0x06
+OP_STATISTICS = 0x0B
+OP_METADATA = 0x0C
+OP_DATA_END = 0x0F
+
+#: A chunk larger than this (compressed or not) is refused as corrupt.
+MAX_CHUNK_BYTES = 1 << 30
+#: Any other record larger than this is refused as corrupt.
+MAX_RECORD_BYTES = 256 * 1024 * 1024
+
+_REC = struct.Struct("<BQ")
+_MSG = struct.Struct("<HIQQ")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_CHUNK_HEAD = struct.Struct("<QQQI")
+
+
+class CaptureError(Exception):
+    """The file cannot be read as a capture at all (missing, empty, not MCAP)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong in a capture, and where."""
+
+    file: str
+    offset: int
+    message: str
+    #: True when reading stopped here (what follows was not read).
+    fatal: bool = False
+
+    def __str__(self) -> str:
+        where = f"{self.file} at byte {self.offset}"
+        return f"{where}: {self.message}" + (" (stopped here)" if self.fatal else "")
+
+
+@dataclass(frozen=True)
+class SchemaRecord:
+    id: int
+    name: str
+    encoding: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    id: int
+    schema_id: int
+    topic: str
+    message_encoding: str
+    metadata: dict[str, str]
+
+
+@dataclass
+class Statistics:
+    message_count: int
+    start_time: int
+    end_time: int
+    channel_message_counts: dict[int, int] = field(default_factory=dict)
+
+
+class _Bad(Exception):
+    pass
+
+
+def _string(buf: bytes, pos: int) -> tuple[str, int]:
+    (n,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    if pos + n > len(buf):
+        raise _Bad("string runs past the end of its record")
+    return buf[pos : pos + n].decode("utf-8", "replace"), pos + n
+
+
+def _schema(buf: bytes) -> SchemaRecord:
+    (sid,) = _U16.unpack_from(buf, 0)
+    name, pos = _string(buf, 2)
+    encoding, pos = _string(buf, pos)
+    (n,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    if pos + n > len(buf):
+        raise _Bad("schema data runs past the end of its record")
+    return SchemaRecord(sid, name, encoding, bytes(buf[pos : pos + n]))
+
+
+def _channel(buf: bytes) -> ChannelRecord:
+    cid, schema_id = struct.unpack_from("<HH", buf, 0)
+    topic, pos = _string(buf, 4)
+    encoding, pos = _string(buf, pos)
+    (n,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    end = pos + n
+    if end > len(buf):
+        raise _Bad("channel metadata runs past the end of its record")
+    meta: dict[str, str] = {}
+    while pos < end:
+        key, pos = _string(buf, pos)
+        value, pos = _string(buf, pos)
+        meta[key] = value
+    return ChannelRecord(cid, schema_id, topic, encoding, meta)
+
+
+def _metadata(buf: bytes) -> tuple[str, dict[str, str]]:
+    name, pos = _string(buf, 0)
+    (n,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    end = min(pos + n, len(buf))
+    meta: dict[str, str] = {}
+    while pos < end:
+        key, pos = _string(buf, pos)
+        value, pos = _string(buf, pos)
+        meta[key] = value
+    return name, meta
+
+
+def _statistics(buf: bytes) -> Statistics:
+    count, _schemas, _channels, _attachments, _metadata_n, _chunks, start, end = struct.unpack_from(
+        "<QHIIIIQQ", buf, 0
+    )
+    pos = struct.calcsize("<QHIIIIQQ")
+    (n,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    counts: dict[int, int] = {}
+    stop = min(pos + n, len(buf))
+    while pos + 10 <= stop:
+        cid, c = struct.unpack_from("<HQ", buf, pos)
+        counts[cid] = c
+        pos += 10
+    return Statistics(count, start, end, counts)
+
+
+# A message as scanned: (channel id, sequence, log time, publish time, data)
+RawMessage = tuple[int, int, int, int, bytes]
+
+
+class McapScan:
+    """Reads one MCAP file in order; see the module docstring.
+
+    Iterate :meth:`messages` once. Schemas and channels become known as they
+    are met (before their messages, as MCAP requires); :attr:`problems` and
+    :attr:`complete` are final once the iteration ends.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._file: IO[bytes] = open(self.path, "rb")  # noqa: SIM115 - closed in messages()
+        except OSError as exc:
+            raise CaptureError(f"cannot open {self.path}: {exc.strerror or exc}") from None
+        try:
+            self.size = os.fstat(self._file.fileno()).st_size
+            head = self._file.read(8)
+        except OSError as exc:
+            self._file.close()
+            raise CaptureError(f"cannot read {self.path}: {exc}") from None
+        if self.size == 0:
+            self._file.close()
+            raise CaptureError(f"{self.path} is empty")
+        if head != MAGIC:
+            self._file.close()
+            if MAGIC.startswith(head):
+                raise CaptureError(
+                    f"{self.path} is cut off inside the MCAP magic ({self.size} bytes)"
+                )
+            raise CaptureError(
+                f"{self.path} is not an MCAP file (it does not start with the MCAP magic)"
+            )
+        self.profile = ""
+        self.library = ""
+        self.schemas: dict[int, SchemaRecord] = {}
+        self.channels: dict[int, ChannelRecord] = {}
+        self.metadata: list[tuple[str, dict[str, str]]] = []
+        self.statistics: Statistics | None = None
+        self.problems: list[Problem] = []
+        #: True once the footer and the closing magic were read.
+        self.complete = False
+        #: Offset where reading stopped, when it stopped early.
+        self.stopped_at: int | None = None
+
+    def _problem(self, offset: int, message: str, fatal: bool = False) -> None:
+        self.problems.append(Problem(self.path, offset, message, fatal))
+        if fatal:
+            self.stopped_at = offset
+
+    def messages(self) -> Iterator[RawMessage]:
+        """The messages of the file, in file order."""
+        f = self._file
+        offset = 8
+        in_summary = False
+        try:
+            while True:
+                head = f.read(9)
+                if len(head) < 9:
+                    if head or not in_summary:
+                        self._problem(
+                            offset,
+                            "file ends without a footer: truncated, or the recording was "
+                            "interrupted; everything before this point was read",
+                            fatal=True,
+                        )
+                    else:
+                        self._problem(offset, "file ends without a footer", fatal=True)
+                    return
+                opcode, length = _REC.unpack(head)
+                start = offset + 9
+                limit = MAX_CHUNK_BYTES if opcode == OP_CHUNK else MAX_RECORD_BYTES
+                if length > self.size - start:
+                    self._problem(
+                        offset,
+                        f"record (opcode 0x{opcode:02x}) claims {length} bytes but only "
+                        f"{self.size - start} remain: the file is truncated or corrupt",
+                        fatal=True,
+                    )
+                    return
+                if length > limit:
+                    self._problem(
+                        offset,
+                        f"record (opcode 0x{opcode:02x}) of {length} bytes is over the "
+                        f"{limit} byte limit: corrupt",
+                        fatal=True,
+                    )
+                    return
+                if opcode == OP_MESSAGE and not in_summary:
+                    body = f.read(length)
+                    offset = start + length
+                    if length < 22:
+                        self._problem(start, "message record too short")
+                        continue
+                    cid, seq, lt, pt = _MSG.unpack_from(body, 0)
+                    yield cid, seq, lt, pt, body[22:]
+                    continue
+                if opcode == OP_CHUNK and not in_summary:
+                    body = f.read(length)
+                    offset = start + length
+                    yield from self._chunk(body, start)
+                    continue
+                if opcode in (OP_FOOTER,):
+                    f.read(length)
+                    tail = f.read(8)
+                    if tail != MAGIC:
+                        self._problem(start + length, "closing MCAP magic missing or damaged")
+                    self.complete = True
+                    return
+                body = f.read(length)
+                offset = start + length
+                try:
+                    self._other(opcode, body, in_summary)
+                except (_Bad, struct.error, ValueError) as exc:
+                    self._problem(start, f"bad record (opcode 0x{opcode:02x}): {exc}")
+                if opcode == OP_DATA_END:
+                    in_summary = True
+        except OSError as exc:
+            self._problem(offset, f"read error: {exc}", fatal=True)
+        finally:
+            f.close()
+
+    def read_chunk(self, offset: int, length: int) -> Iterator[RawMessage]:
+        """The messages of the Chunk record at ``offset`` (from a summary's chunk index)."""
+        try:
+            self._file.seek(offset)
+            data = self._file.read(length)
+        except OSError as exc:
+            self._problem(offset, f"read error: {exc}")
+            return
+        if len(data) < 9 or data[0] != OP_CHUNK:
+            self._problem(offset, "the chunk index points at something that is not a chunk")
+            return
+        yield from self._chunk(data[9:], offset + 9)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _other(self, opcode: int, body: bytes, in_summary: bool) -> None:
+        if opcode == OP_SCHEMA:
+            schema = _schema(body)
+            self.schemas.setdefault(schema.id, schema)
+        elif opcode == OP_CHANNEL:
+            channel = _channel(body)
+            self.channels.setdefault(channel.id, channel)
+        elif opcode == OP_HEADER:
+            self.profile, pos = _string(body, 0)
+            self.library, _ = _string(body, pos)
+        elif opcode == OP_METADATA and not in_summary:
+            self.metadata.append(_metadata(body))
+        elif opcode == OP_STATISTICS:
+            self.statistics = _statistics(body)
+
+    def _chunk(self, body: bytes, start: int) -> Iterator[RawMessage]:
+        try:
+            _s, _e, usize, crc = _CHUNK_HEAD.unpack_from(body, 0)
+            compression, pos = _string(body, _CHUNK_HEAD.size)
+            (n,) = _U64.unpack_from(body, pos)
+            pos += 8
+            if pos + n > len(body):
+                raise _Bad("chunk data runs past the end of the chunk")
+            if usize > MAX_CHUNK_BYTES:
+                raise _Bad(f"chunk claims {usize} uncompressed bytes")
+            data = _decompress(compression, body[pos : pos + n], usize)
+            if crc and zlib.crc32(data) != crc:
+                raise _Bad("chunk CRC does not match its data")
+        except (_Bad, struct.error, ValueError, MemoryError) as exc:
+            self._problem(start, f"chunk skipped: {exc}")
+            return
+        except Exception as exc:
+            self._problem(start, f"chunk skipped: cannot decompress ({type(exc).__name__}: {exc})")
+            return
+        pos = 0
+        size = len(data)
+        unpack_rec = _REC.unpack_from
+        unpack_msg = _MSG.unpack_from
+        while pos + 9 <= size:
+            opcode, length = unpack_rec(data, pos)
+            body_start = pos + 9
+            end = body_start + length
+            if end > size:
+                self._problem(
+                    start,
+                    f"chunk record at {pos} runs past the end of the chunk; rest of chunk skipped",
+                )
+                return
+            if opcode == OP_MESSAGE:
+                if length >= 22:
+                    cid, seq, lt, pt = unpack_msg(data, body_start)
+                    yield cid, seq, lt, pt, data[body_start + 22 : end]
+            else:
+                try:
+                    self._other(opcode, data[body_start:end], False)
+                except (_Bad, struct.error, ValueError) as exc:
+                    self._problem(start, f"bad record in chunk (opcode 0x{opcode:02x}): {exc}")
+            pos = end
+        if pos != size:
+            self._problem(start, "chunk ends inside a record")
+
+
+def _decompress(compression: str, data: bytes, usize: int) -> bytes:
+    if compression == "":
+        return data
+    if compression == "zstd":
+        import zstandard
+
+        out: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(usize, 1))
+        return out
+    if compression == "lz4":
+        try:
+            import lz4.frame  # type: ignore[import-untyped, unused-ignore]
+        except ImportError:
+            raise _Bad("lz4 compression, and the lz4 package is not installed") from None
+        lz: bytes = lz4.frame.decompress(data)
+        return lz
+    raise _Bad(f"unknown compression {compression!r}")
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Where a complete file's chunks are, from its summary (for parallel reading)."""
+
+    channels: dict[int, ChannelRecord]
+    schemas: dict[int, SchemaRecord]
+    #: (offset, length) of every Chunk record, in file order.
+    chunks: list[tuple[int, int]]
+
+
+def chunk_plan(path: str | os.PathLike[str]) -> ChunkPlan | None:
+    """The chunk layout of a finished capture, or None (no summary, unchunked, damaged)."""
+    from mcap.reader import make_reader
+
+    try:
+        with open(path, "rb") as f:
+            summary = make_reader(f).get_summary()
+    except Exception:
+        return None
+    if summary is None or not summary.chunk_indexes or summary.statistics is None:
+        return None
+    if summary.statistics.chunk_count != len(summary.chunk_indexes):
+        return None
+    channels = {
+        c.id: ChannelRecord(c.id, c.schema_id, c.topic, c.message_encoding, dict(c.metadata))
+        for c in summary.channels.values()
+    }
+    schemas = {
+        s.id: SchemaRecord(s.id, s.name, s.encoding, bytes(s.data))
+        for s in summary.schemas.values()
+    }
+    chunks = sorted((ci.chunk_start_offset, ci.chunk_length) for ci in summary.chunk_indexes)
+    return ChunkPlan(channels, schemas, chunks)

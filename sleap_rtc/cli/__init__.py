@@ -1,0 +1,1 @@
+"""The ``sleap-rtc`` command line: one entry point (:mod:`.main`), one module per command."""

@@ -1,0 +1,356 @@
+"""The asyncio adapter around :class:`~sleap_rtc.client.session.ClientSession`.
+
+It owns one reader task that feeds frames from the :class:`Link` into the
+session, resolves the waiting request with the matching answer, and queues job
+events (progress, logs, the end of a job) for :meth:`WorkerConnection.events`.
+Every wait has a deadline.
+
+Example::
+
+    async with WorkerConnection(link, ClientSession(token=token)) as conn:
+        await conn.hello()
+        result = await conn.check_paths("/mnt/lab/labels.slp")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import TracebackType
+
+from sleap_rtc.client.session import (
+    ClientSession,
+    ErrorReceived,
+    Event,
+    HelloAccepted,
+    HelloRefused,
+    JobAcceptedEvent,
+    JobCompleted,
+    JobFailedEvent,
+    JobRejectedEvent,
+    JobStatusReceived,
+    LogReceived,
+    Outgoing,
+    PathCheckAnswered,
+    ProgressReceived,
+    ProtocolViolation,
+    RequestTimedOut,
+)
+from sleap_rtc.transport.link import Link, LinkClosed
+from sleap_rtc_proto.v1 import handshake_pb2, job_pb2, paths_pb2, spec_pb2
+
+log = logging.getLogger(__name__)
+
+#: Seconds :meth:`WorkerConnection.events` waits for the next job event by default.
+DEFAULT_IDLE_TIMEOUT_S = 600.0
+
+JobEvent = ProgressReceived | LogReceived | JobCompleted | JobFailedEvent
+
+
+class ConnectionLost(LinkClosed):
+    """The link closed (or a send failed) while a request was outstanding."""
+
+
+class RequestTimeout(TimeoutError):
+    """The worker did not answer a request (or send a job event) in time."""
+
+
+class RemoteError(Exception):
+    """The worker answered a request with a typed Error."""
+
+    def __init__(self, code: int, message: str, details: Mapping[str, str] | None = None,
+                 retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = dict(details or {})
+        self.retryable = retryable
+
+
+class HelloRefusedError(RemoteError):
+    """The worker refused the Hello (token, version)."""
+
+
+class WorkerConnection:
+    """Drives one :class:`ClientSession` over one :class:`Link`.
+
+    Args:
+        link: the connection to the worker.
+        session: a fresh client session (its token and versions go into Hello).
+        clock: monotonic seconds; injected for tests.
+    """
+
+    def __init__(
+        self, link: Link, session: ClientSession, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.link = link
+        self.session = session
+        self.clock = clock
+        #: Frames the worker should not have sent (ignored), newest last.
+        self.violations: list[ProtocolViolation] = []
+        #: Errors the worker sent that answered nothing of ours.
+        self.errors: list[ErrorReceived] = []
+        self._waiters: dict[int, asyncio.Future[Event]] = {}
+        self._events: asyncio.Queue[JobEvent | None] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self._lost: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> WorkerConnection:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Start the reader task (idempotent; requests start it too)."""
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @property
+    def closed(self) -> bool:
+        """True once the link is closed or the reader stopped."""
+        return self._lost is not None or self.link.closed
+
+    async def close(self) -> None:
+        """Close the link and stop the reader; pending requests fail with ConnectionLost."""
+        with contextlib.suppress(Exception):
+            await self.link.close()
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        self._mark_lost(ConnectionLost("connection closed by the client"))
+
+    # ------------------------------------------------------------------ requests
+
+    async def hello(self, *, timeout_s: float | None = None) -> handshake_pb2.HelloAck:
+        """Send Hello and wait for HelloAck.
+
+        Raises:
+            HelloRefusedError: the worker refused (token, version).
+            RequestTimeout / ConnectionLost: no answer.
+        """
+        event = await self._call(self.session.hello(now=self.clock(), timeout_s=timeout_s))
+        if isinstance(event, HelloRefused):
+            raise HelloRefusedError(event.code, event.message, event.details)
+        assert isinstance(event, HelloAccepted)
+        return event.ack
+
+    async def check_paths(
+        self,
+        labels_path: str,
+        *,
+        path_mappings: Mapping[str, str] | None = None,
+        prefix_mappings: Mapping[str, str] | None = None,
+        max_suggestions: int = 0,
+        timeout_s: float | None = None,
+    ) -> paths_pb2.PathCheckResult:
+        """Ask the worker to check ``labels_path`` and its videos."""
+        out = self.session.check_paths(
+            labels_path,
+            now=self.clock(),
+            path_mappings=path_mappings,
+            prefix_mappings=prefix_mappings,
+            max_suggestions=max_suggestions,
+            timeout_s=timeout_s,
+        )
+        event = await self._call(out)
+        assert isinstance(event, PathCheckAnswered)
+        return event.result
+
+    async def submit(
+        self,
+        job_id: str,
+        spec: spec_pb2.TrainJobSpec,
+        *,
+        check_token: str = "",
+        timeout_s: float | None = None,
+    ) -> job_pb2.JobAccepted | job_pb2.JobRejected:
+        """Submit a job; the answer is JobAccepted or JobRejected (RemoteError otherwise)."""
+        out = self.session.submit(
+            job_id, spec, now=self.clock(), check_token=check_token, timeout_s=timeout_s
+        )
+        event = await self._call(out)
+        if isinstance(event, JobAcceptedEvent):
+            return event.accepted
+        assert isinstance(event, JobRejectedEvent)
+        return event.rejected
+
+    async def attach(
+        self, job_id: str, after_sequence: int = 0, *, timeout_s: float | None = None
+    ) -> job_pb2.JobStatus:
+        """Attach to a job: its state, and progress after ``after_sequence`` resent."""
+        out = self.session.attach(
+            job_id, now=self.clock(), after_sequence=after_sequence, timeout_s=timeout_s
+        )
+        event = await self._call(out)
+        assert isinstance(event, JobStatusReceived)
+        return event.status
+
+    async def control(
+        self,
+        job_id: str,
+        action: job_pb2.ControlAction.ValueType,
+        *,
+        timeout_s: float | None = None,
+    ) -> job_pb2.JobStatus:
+        """Stop (graceful) or cancel a job."""
+        out = self.session.control(job_id, action, now=self.clock(), timeout_s=timeout_s)
+        event = await self._call(out)
+        assert isinstance(event, JobStatusReceived)
+        return event.status
+
+    # ------------------------------------------------------------------ job events
+
+    async def next_event(self, *, timeout_s: float = DEFAULT_IDLE_TIMEOUT_S) -> JobEvent:
+        """The next job event (progress, log, complete, failed).
+
+        Raises:
+            RequestTimeout: nothing arrived within ``timeout_s``.
+            ConnectionLost: the link closed and every queued event was read.
+        """
+        self.start()
+        if self._events.empty() and self._lost is not None:
+            raise ConnectionLost(str(self._lost))
+        if not self._events.empty():  # fast path: no timer for a queued event
+            item = self._events.get_nowait()
+        else:
+            try:
+                item = await asyncio.wait_for(self._events.get(), timeout_s)
+            except TimeoutError:
+                raise RequestTimeout(f"no job event within {timeout_s:g} s") from None
+        if item is None:
+            self._events.put_nowait(None)  # keep the end marker for later readers
+            raise ConnectionLost(str(self._lost or "connection closed"))
+        return item
+
+    async def events(
+        self, job_id: str | None = None, *, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    ) -> AsyncIterator[JobEvent]:
+        """Job events, optionally of one job, until that job completes or fails.
+
+        Raises as :meth:`next_event` does.
+        """
+        while True:
+            event = await self.next_event(timeout_s=idle_timeout_s)
+            if job_id is not None and _job_id_of(event) != job_id:
+                continue
+            yield event
+            if job_id is not None and isinstance(event, JobCompleted | JobFailedEvent):
+                return
+
+    # ------------------------------------------------------------------ internals
+
+    async def _call(self, out: Outgoing) -> Event:
+        self.start()
+        rid = out.request_id
+        if self._lost is not None:
+            self.session.abandon(rid)
+            raise ConnectionLost(f"connection is closed: {self._lost}")
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = future
+        timeout = self.session.next_deadline_of(rid) - self.clock()
+        try:
+            for frame in out.frames:
+                try:
+                    await self.link.send(frame)
+                except LinkClosed as exc:
+                    raise ConnectionLost(f"the link closed while sending: {exc}") from None
+            try:
+                event = await asyncio.wait_for(asyncio.shield(future), max(timeout, 0.0))
+            except TimeoutError:
+                self._expire()
+                if not future.done():
+                    self.session.abandon(rid)
+                    future.set_exception(RequestTimeout(f"no answer to request {rid}"))
+                event = await future
+        finally:
+            self._waiters.pop(rid, None)
+            if rid in self.session.pending:  # cancelled or failed while waiting
+                self.session.abandon(rid)
+        if isinstance(event, ErrorReceived):
+            raise RemoteError(event.code, event.message, event.details, event.retryable)
+        return event
+
+    def _expire(self) -> None:
+        for event in self.session.timeouts(self.clock()):
+            if isinstance(event, RequestTimedOut):
+                waiter = self._waiters.get(event.request_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(
+                        RequestTimeout(
+                            f"no answer to the {event.kind.value} request within "
+                            f"{event.timeout_s:g} s"
+                        )
+                    )
+            else:
+                self._note_violation(event)
+
+    async def _read(self) -> None:
+        reason: BaseException = ConnectionLost("the link closed")
+        try:
+            while True:
+                frame = await self.link.recv()
+                for event in self.session.receive(frame, self.clock()):
+                    self._handle(event)
+        except LinkClosed as exc:
+            reason = ConnectionLost(str(exc) or "the link closed")
+        except asyncio.CancelledError:
+            reason = ConnectionLost("connection closed by the client")
+            raise
+        except Exception as exc:  # a transport bug must not leave waiters hanging
+            log.exception("reader stopped")
+            reason = ConnectionLost(f"reading from the link failed: {exc}")
+        finally:
+            self._mark_lost(reason)
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, ProgressReceived | LogReceived | JobCompleted | JobFailedEvent):
+            self._events.put_nowait(event)
+            return
+        if isinstance(event, ProtocolViolation):
+            self._note_violation(event)
+            return
+        rid = getattr(event, "request_id", 0)
+        waiter = self._waiters.get(rid)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(event)
+        elif isinstance(event, ErrorReceived):
+            log.warning("worker error: %s", event.message)
+            self.errors.append(event)
+
+    def _note_violation(self, event: Event) -> None:
+        assert isinstance(event, ProtocolViolation)
+        log.warning("ignored a frame from the worker (%s): %s", event.reason, event.message)
+        self.violations.append(event)
+        del self.violations[:-100]
+
+    def _mark_lost(self, reason: BaseException) -> None:
+        if self._lost is not None:
+            return
+        self._lost = reason
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionLost(str(reason)))
+        self._events.put_nowait(None)
+
+
+def _job_id_of(event: JobEvent) -> str:
+    if isinstance(event, ProgressReceived):
+        return event.progress.job_id
+    if isinstance(event, LogReceived):
+        return event.log.job_id
+    if isinstance(event, JobCompleted):
+        return event.complete.job_id
+    return event.failed.job_id

@@ -1,0 +1,225 @@
+"""The worker's settings: ``worker.toml`` plus command-line overrides.
+
+See ``docs/worker.example.toml`` for a documented example. Precedence, lowest
+first: built-in defaults, the TOML file, environment (credential only), flags.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sleap_rtc.config import (
+    DEFAULT_ROOM,
+    DEFAULT_SIGNAL_URL,
+    ConfigError,
+    Table,
+    config_dir,
+    read_toml,
+    resolve_path,
+    state_dir,
+)
+
+FILE_NAME = "worker.toml"
+#: Environment variable holding the worker credential itself (headless deployments).
+CREDENTIAL_ENV = "SLEAP_RTC_WORKER_CREDENTIAL"
+DEFAULT_TRAINER_COMMAND: tuple[str, ...] = ("sleap-nn", "train")
+DEFAULT_MAX_CONFIG_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One allowed mount: an absolute worker folder and the label clients see."""
+
+    path: Path
+    label: str
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything ``sleap-rtc worker`` needs, after files and flags are merged."""
+
+    name: str = field(default_factory=socket.gethostname)
+    room: str = DEFAULT_ROOM
+    signaling_url: str = DEFAULT_SIGNAL_URL
+    credential_file: Path | None = None
+    credential: str | None = None
+    jwks_file: Path | None = None
+    mounts: tuple[Mount, ...] = ()
+    concurrency: int = 1
+    max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+    trainer_command: tuple[str, ...] = DEFAULT_TRAINER_COMMAND
+    state_dir: Path = field(default_factory=lambda: state_dir() / "worker")
+    loopback: bool = False
+    ice_servers: tuple[str, ...] = ()
+    #: The file these settings were read from (None: defaults and flags only).
+    source: Path | None = None
+
+    def read_credential(self) -> str | None:
+        """The worker credential: inline/env first, then the credential file."""
+        if self.credential:
+            return self.credential.strip()
+        if self.credential_file is None:
+            return None
+        try:
+            text = self.credential_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise ConfigError(
+                self.source, "credential_file", f"{self.credential_file} does not exist"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                self.source, "credential_file", f"cannot read {self.credential_file}: {exc}"
+            ) from None
+        if not text:
+            raise ConfigError(self.source, "credential_file", f"{self.credential_file} is empty")
+        return text
+
+    def validate(self) -> None:
+        """Checks that need the filesystem: mounts exist and are folders."""
+        if not self.mounts:
+            raise ConfigError(
+                self.source, "mounts", "at least one mount is required (use --mount PATH)"
+            )
+        for i, mount in enumerate(self.mounts):
+            key = f"mounts[{i}]" if self.source else "--mount"
+            if not mount.path.is_absolute():
+                raise ConfigError(self.source, key, f"{mount.path} is not an absolute path")
+            if not mount.path.is_dir():
+                raise ConfigError(self.source, key, f"{mount.path} is not an existing folder")
+
+
+def default_path() -> Path:
+    return config_dir() / FILE_NAME
+
+
+def parse_mount(text: str, *, source: Path | None = None, key: str = "--mount") -> Mount:
+    """``PATH`` or ``LABEL=PATH``; the label defaults to the folder's name."""
+    label, sep, path_text = text.partition("=")
+    if not sep:
+        label, path_text = "", text
+    if not path_text.strip():
+        raise ConfigError(source, key, f"{text!r} names no folder")
+    path = resolve_path(path_text, source)
+    if not path.is_absolute():
+        path = path.absolute()
+    return Mount(path=path, label=label.strip() or path.name or str(path))
+
+
+def load(path: Path | None = None, *, required: bool = False) -> WorkerSettings:
+    """Read ``path`` (or the default file when it exists) into settings.
+
+    Args:
+        path: A file named by the user; it must exist.
+        required: Whether a missing default file is an error.
+    """
+    if path is None:
+        candidate = default_path()
+        if not candidate.exists():
+            if required:
+                raise ConfigError(candidate, "", "file not found")
+            return from_env(WorkerSettings())
+        path = candidate
+    return from_env(parse(read_toml(path), path))
+
+
+def from_env(settings: WorkerSettings) -> WorkerSettings:
+    secret = os.environ.get(CREDENTIAL_ENV)
+    if secret and not settings.credential:
+        return replace(settings, credential=secret)
+    return settings
+
+
+def parse(data: dict[str, Any], source: Path | None) -> WorkerSettings:
+    """Build settings from a parsed TOML document, validating every key."""
+    top = Table(data, source)
+    defaults = WorkerSettings()
+    mounts: list[Mount] = []
+    raw_mounts = top.raw("mounts")
+    if isinstance(raw_mounts, list) and all(isinstance(m, str) for m in raw_mounts):
+        for i, text in enumerate(raw_mounts):
+            mounts.append(parse_mount(text, source=source, key=f"mounts[{i}]"))
+    elif raw_mounts is not None:
+        for table in top.tables("mounts"):
+            mount_path = table.path("path")
+            if mount_path is None:
+                raise table.error("path", "is required")
+            label = table.string("label") or mount_path.name or str(mount_path)
+            table.finish()
+            mounts.append(Mount(path=mount_path, label=label))
+
+    limits = top.table("limits")
+    concurrency = limits.integer("concurrency", defaults.concurrency, minimum=1)
+    max_config = limits.integer("max_config_bytes", defaults.max_config_bytes, minimum=1024)
+    limits.finish()
+
+    trainer = top.table("trainer")
+    command = trainer.strings("command", list(defaults.trainer_command))
+    assert command is not None
+    if not command or not command[0].strip():
+        raise trainer.error("command", "must name a program")
+    trainer.finish()
+
+    url = top.nonempty("signaling_url", defaults.signaling_url)
+    if not url.startswith(("ws://", "wss://")):
+        raise top.error("signaling_url", f"must start with ws:// or wss:// (got {url!r})")
+    settings = WorkerSettings(
+        name=top.nonempty("name", defaults.name),
+        room=top.nonempty("room", defaults.room),
+        signaling_url=url,
+        credential_file=top.path("credential_file"),
+        jwks_file=top.path("jwks_file"),
+        mounts=tuple(mounts),
+        concurrency=concurrency,
+        max_config_bytes=max_config,
+        trainer_command=tuple(command),
+        state_dir=top.path("state_dir") or defaults.state_dir,
+        loopback=top.boolean("loopback", defaults.loopback),
+        ice_servers=tuple(top.strings("ice_servers", []) or []),
+        source=source,
+    )
+    if "credential" in data:
+        raise top.error(
+            "credential",
+            "do not put the secret in this file; use credential_file or "
+            f"the {CREDENTIAL_ENV} environment variable",
+        )
+    top.finish()
+    return settings
+
+
+def with_overrides(settings: WorkerSettings, **flags: Any) -> WorkerSettings:
+    """Apply command-line flags; a flag left at None keeps the file's value.
+
+    ``mounts`` given on the command line replace the file's mounts.
+    """
+    changes: dict[str, Any] = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        if name == "mounts":
+            if value:
+                changes["mounts"] = tuple(parse_mount(m) for m in value)
+            continue
+        if name == "trainer_command":
+            import shlex
+
+            parts = shlex.split(value) if isinstance(value, str) else list(value)
+            if not parts:
+                raise ConfigError(None, "--trainer-command", "must name a program")
+            changes[name] = tuple(parts)
+            continue
+        if name == "concurrency" and int(value) < 1:
+            raise ConfigError(None, "--concurrency", f"must be at least 1 (got {value})")
+        if name == "signaling_url" and not str(value).startswith(("ws://", "wss://")):
+            raise ConfigError(None, "--server", f"must start with ws:// or wss:// (got {value!r})")
+        if name == "ice_servers":
+            changes[name] = tuple(value)
+            continue
+        if name not in WorkerSettings.__dataclass_fields__:
+            raise TypeError(f"unknown worker setting {name!r}")
+        changes[name] = value
+    return replace(settings, **changes)

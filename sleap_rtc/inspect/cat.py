@@ -1,0 +1,165 @@
+"""``inspect cat``: one line per message, for people or (``--json``) for programs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TextIO
+
+from sleap_rtc.capture import format as fmt
+
+if TYPE_CHECKING:
+    from sleap_rtc.capture.reader import Record
+from sleap_rtc.inspect.common import (
+    add_filter_arguments,
+    add_input_arguments,
+    make_predicate,
+    open_reader,
+    report_problems,
+    selected,
+)
+
+#: Line width when writing to a file or pipe (``--width 0`` for whole lines).
+DEFAULT_WIDTH = 240
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_arguments(parser)
+    add_filter_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument(
+        "--fragments",
+        action="store_true",
+        help="show fragment frames as they crossed instead of the reassembled message",
+    )
+    parser.add_argument(
+        "--limit", "-n", type=int, default=0, metavar="N", help="stop after N messages"
+    )
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="cut lines at this many characters; 0: never (default: terminal width, or 240)",
+    )
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--json: decode with N processes (default: one per CPU for captures over 16 MB)",
+    )
+
+
+def text_line(rec: Record, width: int = 0) -> str:
+    """The human-readable line of one record."""
+    from sleap_rtc.capture.reader import format_time
+
+    t = format_time(rec.time_ns)[11:26] if rec.time_ns else "-"
+    ids = ""
+    if rec.message_id is not None:
+        ids = f"#{rec.message_id}"
+        if rec.correlation_id:
+            ids += f" re #{rec.correlation_id}"
+    body = rec.body
+    if rec.legacy_type and rec.legacy_type != body:
+        body = f"{body} ({rec.legacy_type})"
+    if rec.fragments:
+        body += f" [{rec.fragments} fragments]"
+    job = f"job={rec.job_id}" if rec.job_id else ""
+    summary = summarize(rec)
+    arrow = fmt.ARROWS.get(rec.direction, "?")
+    line = f"{t} {arrow:4} {ids:<13} {body:<22} {job:<14} {rec.size:>7}B  {summary}"
+    if width and len(line) > width:
+        line = line[: max(width - 1, 10)] + "…"
+    return line
+
+
+def summarize(rec: Record) -> str:
+    from sleap_rtc.capture.reader import raw_view
+
+    if rec.kind == "raw":
+        shown = raw_view(rec.raw or b"", limit=48)
+        data = shown.get("text") or shown.get("hex", "")
+        return f"RAW ({rec.reason}) {data!r}" if data else f"RAW ({rec.reason})"
+    message = rec.message() or {}
+    if rec.kind == "legacy":
+        message = {k: v for k, v in message.items() if k != "legacy_type"}
+    text = _JSON.encode(message) if message else ""
+    if rec.reason:
+        text = f"[{rec.reason}] {text}"
+    return text
+
+
+def write_json(lines: Iterator[str], out: TextIO, limit: int) -> int:
+    n = 0
+    write = out.write
+    for line in lines:
+        write(line + "\n")
+        n += 1
+        if limit and n >= limit:
+            break
+    return n
+
+
+#: Captures at least this big are decoded in parallel by default.
+PARALLEL_FROM_BYTES = 16 * 1024 * 1024
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    if args.jobs:
+        return max(1, int(args.jobs))
+    if len(args.captures) != 1:
+        return 1
+    import os
+
+    try:
+        big = os.path.getsize(args.captures[0]) >= PARALLEL_FROM_BYTES
+    except OSError:
+        return 1
+    return min(os.cpu_count() or 1, 16) if big else 1
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    stream = sys.stdout if out is None else out
+    reader = open_reader(args, reassemble=not args.fragments)
+    records = selected(reader, args)
+    if args.json:
+        fast = make_predicate(args) is None and not args.fragments
+        lines = reader.json_lines(_jobs(args)) if fast else (r.json_line() for r in records)
+        write_json(lines, stream, args.limit)
+        return report_problems(reader)
+    color = args.color == "always" or (args.color == "auto" and out is None and stream.isatty())
+    width = args.width
+    if width is None:
+        import shutil
+
+        width = shutil.get_terminal_size().columns if stream.isatty() else DEFAULT_WIDTH
+    console = None
+    if color:
+        from rich.console import Console
+
+        console = Console(file=stream, highlight=False, soft_wrap=True, force_terminal=True)
+    for n, rec in enumerate(records, 1):
+        line = text_line(rec, width)
+        if console is not None:
+            from rich.text import Text
+
+            style = (
+                "red"
+                if rec.kind == "raw" or rec.body == "error"
+                else (
+                    "yellow"
+                    if rec.kind == "legacy"
+                    else ("cyan" if rec.direction == fmt.CLIENT_TO_WORKER else "green")
+                )
+            )
+            console.print(Text(line, style=style))
+        else:
+            stream.write(line + "\n")
+        if args.limit and n >= args.limit:
+            break
+    return report_problems(reader)

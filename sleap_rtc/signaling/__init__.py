@@ -1,0 +1,1 @@
+"""Signaling: the embedded websockets server (rooms, registry, relay, tokens) and its client."""

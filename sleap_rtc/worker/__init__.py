@@ -1,0 +1,1 @@
+"""Worker side: mounts policy, path checks, job intake and trainer runs."""

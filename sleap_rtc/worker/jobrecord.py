@@ -1,0 +1,169 @@
+"""One accepted job's record: state, numbered progress history, replay and fan-out.
+
+Every JobProgress, JobLog and the final JobComplete/JobFailed of a job share
+one sequence (1, 2, ...). The history is bounded; train_begin is always kept
+(SLEAP's LossViewer ignores everything without it) and so is the final
+message. Listeners (one per attached connection) get each message as it is
+emitted; :meth:`Job.replay` gives what a reconnecting client missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sleap_rtc.worker.trainer import ProgressUpdate, RunResult, TrainPlan
+from sleap_rtc_proto.v1 import job_pb2, progress_pb2
+
+V = job_pb2
+#: A job's numbered messages.
+JobMessage = (
+    progress_pb2.JobProgress
+    | progress_pb2.JobLog
+    | progress_pb2.JobComplete
+    | progress_pb2.JobFailed
+)
+#: States in which a job counts against the concurrency limit.
+ACTIVE_STATES = (V.JOB_STATE_QUEUED, V.JOB_STATE_RUNNING, V.JOB_STATE_STOPPING)
+
+
+@dataclass
+class Job:
+    """An accepted job: its answer, plan, state and numbered history."""
+
+    job_id: str
+    spec_hash: str
+    owner: str
+    accepted: job_pb2.JobAccepted
+    plan: TrainPlan
+    history_limit: int = 10_000
+    state: int = V.JOB_STATE_QUEUED
+    message: str = ""
+    last_sequence: int = 0
+    final: progress_pb2.JobComplete | progress_pb2.JobFailed | None = None
+    #: Control handle of the running trainer (``stop()`` / ``cancel(code, msg)``).
+    control: Any = None
+    _first: progress_pb2.JobProgress | None = None
+    _history: deque[JobMessage] = field(default_factory=deque)
+    _dropped_upto: int = 0
+    _listeners: list[Callable[[JobMessage], None]] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.plan.run_dir
+
+    @property
+    def config_file(self) -> Path:
+        return self.plan.config_file
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    # --- numbering and fan-out -------------------------------------------
+
+    def _emit(self, message: JobMessage) -> None:
+        self._history.append(message)
+        while len(self._history) > self.history_limit:
+            dropped = self._history.popleft()
+            self._dropped_upto = dropped.sequence
+        for listener in list(self._listeners):
+            try:
+                listener(message)
+            except Exception:  # one broken connection must not break the job
+                self._listeners.remove(listener)
+
+    def _next(self) -> int:
+        self.last_sequence += 1
+        return self.last_sequence
+
+    def emit_progress(self, update: ProgressUpdate) -> None:
+        if self.final is not None:
+            return
+        message = update.to_proto(self.job_id, self._next())
+        if update.event == progress_pb2.PROGRESS_EVENT_TRAIN_BEGIN and self._first is None:
+            self._first = message  # LossViewer needs train_begin: never dropped
+        self._emit(message)
+
+    def emit_log(self, stream: int, lines: list[str]) -> None:
+        if self.final is not None or not lines:
+            return
+        self._emit(
+            progress_pb2.JobLog(
+                job_id=self.job_id,
+                sequence=self._next(),
+                stream=stream,  # type: ignore[arg-type]
+                lines=lines,
+            )
+        )
+
+    def finish(self, result: RunResult) -> JobMessage:
+        """Record the end of the run (once); returns the final message."""
+        if self.final is not None:
+            return self.final
+        final: progress_pb2.JobComplete | progress_pb2.JobFailed
+        if result.completed:
+            final = progress_pb2.JobComplete(
+                job_id=self.job_id,
+                sequence=self._next(),
+                run_dir=str(self.run_dir),
+                outputs=list(result.outputs),
+                duration_seconds=result.duration_s,
+                stopped_early=result.stopped_early,
+            )
+            self.state = V.JOB_STATE_COMPLETED
+            self.message = "stopped early" if result.stopped_early else "completed"
+        else:
+            final = progress_pb2.JobFailed(
+                job_id=self.job_id,
+                sequence=self._next(),
+                code=result.failure_code or progress_pb2.FAILURE_CODE_INTERNAL,  # type: ignore[arg-type]
+                message=result.message or "the job failed",
+                log_tail=list(result.log_tail),
+                duration_seconds=result.duration_s,
+            )
+            if result.exit_code is not None:
+                final.exit_code = result.exit_code
+            self.state = V.JOB_STATE_FAILED
+            self.message = final.message
+        self.final = final
+        self.control = None
+        with contextlib.suppress(FileNotFoundError):
+            self.config_file.unlink()
+        self._emit(final)
+        return final
+
+    def subscribe(self, listener: Callable[[JobMessage], None]) -> Callable[[], None]:
+        """Call ``listener`` with every later message; returns the unsubscribe function."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def replay(self, after_sequence: int = 0) -> tuple[list[JobMessage], int]:
+        """Kept messages with a sequence above ``after_sequence``, and how many in that
+        range the bounded history dropped (train_begin is always kept)."""
+        out: list[JobMessage] = []
+        dropped = max(0, self._dropped_upto - after_sequence)
+        pinned = self._first
+        if pinned is not None and after_sequence < pinned.sequence <= self._dropped_upto:
+            out.append(pinned)
+            dropped -= 1
+        out.extend(m for m in self._history if m.sequence > after_sequence)
+        return out, dropped
+
+    def status(self, message: str = "") -> job_pb2.JobStatus:
+        return job_pb2.JobStatus(
+            job_id=self.job_id,
+            state=self.state,  # type: ignore[arg-type]
+            last_sequence=self.last_sequence,
+            run_dir=str(self.run_dir),
+            message=message or self.message,
+        )

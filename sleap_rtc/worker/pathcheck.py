@@ -1,0 +1,401 @@
+"""PATH_CHECK: is the labels file, and every video it references, visible here?
+
+`PathChecker.check` is a pure function of the filesystem (no asyncio, no
+sockets): it maps the client's paths (exact mappings first, then the longest
+prefix mapping), puts every worker path through the `MountPolicy`, reads the
+labels file's video list (`slp.read_video_refs`), reports each video, ranks
+suggestions for the missing ones, proposes prefix rules and, when everything
+passed, issues a check token (see "check tokens" below) that a later
+JobSubmit must carry.
+
+Client paths may be Windows paths (``C:\\Users\\me\\a.mp4``, or ``C:/Users/...``
+as sleap-io stores them): they are compared with ``/`` separators and case
+folded, and the original string is kept in the result.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import stat
+import threading
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sleap_rtc.worker.index import FileIndex
+from sleap_rtc.worker.mounts import MountPolicy, NotAbsolute, PathRejected
+from sleap_rtc.worker.slp import SlpError, SlpErrorReason, VideoRef, read_video_refs
+from sleap_rtc.worker.suggest import ClientPath, Finder, Mapper
+from sleap_rtc_proto.v1 import paths_pb2
+
+#: Labels files whose video lists are kept (keyed by path, size and mtime).
+_REFS_CACHED = 16
+#: Upper bound on suggestions per video, whatever the request asks.
+MAX_SUGGESTIONS = 50
+_UNRESOLVED = (paths_pb2.PATH_STATUS_MISSING, paths_pb2.PATH_STATUS_OUTSIDE_MOUNTS)
+_PASSING = (paths_pb2.PATH_STATUS_FOUND, paths_pb2.PATH_STATUS_EMBEDDED)
+_SLP_STATUS = {
+    SlpErrorReason.NOT_FOUND: paths_pb2.PATH_STATUS_MISSING,
+    SlpErrorReason.NOT_A_FILE: paths_pb2.PATH_STATUS_UNREADABLE,
+    SlpErrorReason.PERMISSION: paths_pb2.PATH_STATUS_UNREADABLE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Outcome of checking one worker path."""
+
+    status: paths_pb2.PathStatus.ValueType
+    path: str  # resolved path when inside the mounts, else the path as formed
+    detail: str = ""
+    stamp: tuple[int, int] | None = None  # (size, mtime_ns) when FOUND
+
+
+class PathChecker:
+    """Answers PathCheckRequests against the worker's mounts.
+
+    Args:
+        policy: The allowed mounts; every path goes through it.
+        index: File-name index of the mounts for same-name suggestions (None:
+            no search under the mounts, only prefix rules and next-to-labels).
+        token_secret: HMAC key for check tokens (keep it per worker, secret).
+        max_suggestions: Default suggestions per missing video.
+        disclose_mounts: Whether results list the mount roots.
+        clock: Wall clock (seconds) for the token's issue time.
+    """
+
+    def __init__(
+        self,
+        policy: MountPolicy,
+        index: FileIndex | None = None,
+        *,
+        token_secret: bytes,
+        max_suggestions: int = 5,
+        disclose_mounts: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not token_secret:
+            raise ValueError("token_secret must not be empty")
+        if index is not None and index.policy is not policy:
+            raise ValueError("the index must walk the checker's own policy")
+        self.policy = policy
+        self.index = index
+        self._secret = token_secret
+        self.max_suggestions = max_suggestions
+        self.disclose_mounts = disclose_mounts
+        self._clock = clock
+        self._refs: dict[tuple[str, tuple[int, int] | None], list[VideoRef]] = {}
+        self._refs_lock = threading.Lock()
+
+    def check(
+        self,
+        request: paths_pb2.PathCheckRequest,
+        *,
+        sizes: Mapping[str, int] | None = None,
+    ) -> paths_pb2.PathCheckResult:
+        """Check the labels file and its videos; see the module docstring.
+
+        Args:
+            request: The client's request.
+            sizes: Optional ``original path -> size`` the client knows, turning
+                same-name matches into same-name-and-size ones (the v1 request
+                has no field for sizes; this is the hook for one).
+        """
+        cache: dict[str, str] = {}
+        mapper = Mapper(request.path_mappings, request.prefix_mappings)
+        result = paths_pb2.PathCheckResult()
+        if self.disclose_mounts:
+            result.mounts.extend(str(r) for r in self.policy.roots)
+        entry = result.labels
+        entry.original_path = request.labels_path
+        if not request.labels_path:
+            entry.status, entry.detail = paths_pb2.PATH_STATUS_MISSING, "labels path is empty"
+            return result
+        labels = self._probe_client(ClientPath.parse(request.labels_path), mapper, None, cache)
+        entry.worker_path, entry.status, entry.detail = labels.path, labels.status, labels.detail
+        if labels.status != paths_pb2.PATH_STATUS_FOUND:
+            return result
+        try:
+            refs = self._video_refs(labels.path, labels.stamp)
+        except SlpError as exc:
+            entry.status = _SLP_STATUS.get(exc.reason, paths_pb2.PATH_STATUS_INVALID)
+            entry.detail = str(exc)
+            return result
+        labels_dir = os.path.dirname(labels.path)
+        stamps: dict[str, tuple[int, int]] = {labels.path: labels.stamp or (0, 0)}
+        beside: dict[str, Probe] = {}  # next-to-labels probes by base name
+        unresolved: list[tuple[int, ClientPath]] = []
+        found: list[tuple[ClientPath, str]] = []
+        for ref in refs:
+            check = result.videos.add(
+                index=ref.index, original_path=ref.original_path, kind=ref.kind
+            )
+            cp = ClientPath.parse(ref.original_path)
+            self._check_video(check, ref, cp, mapper, labels.path, cache, stamps, beside)
+            if check.status in _UNRESOLVED:
+                unresolved.append((ref.index, cp))
+            elif check.status == paths_pb2.PATH_STATUS_FOUND:
+                found.append((cp, check.worker_path))
+        if unresolved:
+            limit = min(request.max_suggestions or self.max_suggestions, MAX_SUGGESTIONS)
+            finder = Finder(self.policy, self.index, labels_dir, cache, sizes or {})
+            proposals, per_video = finder.run(unresolved, found, limit)
+            result.prefix_proposals.extend(proposals)
+            for i, _cp in unresolved:
+                add = result.videos[i].suggestions.add
+                for path, (score, reason, why) in per_video.get(i, ()):
+                    add(worker_path=path, reason=reason, score=round(score, 3), explanation=why)
+        elif all(v.status in _PASSING for v in result.videos):
+            files = [(p, s, m) for p, (s, m) in stamps.items()]
+            result.check_token = issue_check_token(
+                self._secret,
+                labels.path,
+                files,
+                now=self._clock(),
+                mappings=mappings_digest(request.path_mappings, request.prefix_mappings),
+            )
+        return result
+
+    def _video_refs(self, path: str, stamp: tuple[int, int] | None) -> list[VideoRef]:
+        """`read_video_refs`, reused while the file's size and mtime are unchanged."""
+        key = (path, stamp)
+        refs = self._refs.get(key)
+        if refs is None or stamp is None:
+            refs = read_video_refs(path)
+            with self._refs_lock:  # checks may run in worker threads
+                self._refs[key] = refs
+                while len(self._refs) > _REFS_CACHED:
+                    self._refs.pop(next(iter(self._refs)))
+        return refs
+
+    def verify_check_token(
+        self,
+        token: str,
+        *,
+        labels_path: str,
+        path_mappings: Mapping[str, str] | None = None,
+        prefix_mappings: Mapping[str, str] | None = None,
+        max_age_s: float | None = None,
+    ) -> str | None:
+        """None if ``token`` is valid, else a human reason.
+
+        Valid: issued by this worker's secret, for ``labels_path`` (the worker
+        path a JobSubmit names; compared after resolving), with every checked
+        file unchanged (same size and mtime, still inside the mounts). When
+        ``path_mappings`` or ``prefix_mappings`` is given (the submit's), they
+        must equal the mappings of the checked request; ``max_age_s`` bounds
+        the token's age.
+        """
+        digest = None
+        if path_mappings is not None or prefix_mappings is not None:
+            digest = mappings_digest(path_mappings or {}, prefix_mappings or {})
+        return verify_check_token(
+            self._secret,
+            self.policy,
+            token,
+            labels_path=labels_path,
+            now=self._clock(),
+            max_age_s=max_age_s,
+            mappings=digest,
+        )
+
+    def _check_video(
+        self,
+        out: paths_pb2.VideoCheck,
+        ref: VideoRef,
+        cp: ClientPath,
+        mapper: Mapper,
+        labels_path: str,
+        cache: dict[str, str],
+        stamps: dict[str, tuple[int, int]],
+        beside: dict[str, Probe],
+    ) -> None:
+        """Fill ``out`` (status, worker path, detail) for one video."""
+        labels_dir = os.path.dirname(labels_path)
+        if ref.embedded:
+            out.status, out.worker_path = paths_pb2.PATH_STATUS_EMBEDDED, labels_path
+            return
+        if ref.image_filenames:
+            probes = [
+                self._probe_client(ClientPath.parse(name), mapper, labels_dir, cache)
+                for name in ref.image_filenames
+            ]
+            bad = [p for p in probes if p.status != paths_pb2.PATH_STATUS_FOUND]
+            probe = probes[0]
+            if bad:
+                worst = max(bad, key=lambda p: p.status == paths_pb2.PATH_STATUS_OUTSIDE_MOUNTS)
+                probe = Probe(
+                    worst.status,
+                    probes[0].path,
+                    f"{len(bad)} of {len(probes)} images not usable; first: {worst.detail}",
+                )
+        else:
+            probe = self._probe_client(cp, mapper, labels_dir, cache)
+            if probe.status in _UNRESOLVED and cp.name and not mapper.maps(cp):
+                # sleap-io falls back to the labels file's folder by itself when
+                # the stored path is not there. The worker path then differs
+                # from the original: the runner must pass it as a mapping.
+                fallback = beside.get(cp.name)
+                if fallback is None:
+                    fallback = self._probe(os.path.join(labels_dir, cp.name), cache)
+                    beside[cp.name] = fallback
+                if fallback.status == paths_pb2.PATH_STATUS_FOUND:
+                    probe = fallback
+            probes = [probe]
+        out.status, out.worker_path = probe.status, probe.path
+        if probe.status == paths_pb2.PATH_STATUS_FOUND:
+            for p in probes:
+                stamps[p.path] = p.stamp or (0, 0)
+        else:
+            out.detail = probe.detail
+
+    def _probe_client(
+        self, cp: ClientPath, mapper: Mapper, base_dir: str | None, cache: dict[str, str]
+    ) -> Probe:
+        worker = mapper.map(cp)
+        if worker is None and base_dir is not None and cp.relative:
+            worker = os.path.join(base_dir, *cp.parts)
+        if worker is None:
+            why = "a Windows path" if cp.windows else "not an absolute path"
+            return Probe(
+                paths_pb2.PATH_STATUS_MISSING, "", f"{cp.text!r} is {why}; add a path mapping"
+            )
+        return self._probe(worker, cache)
+
+    def _probe(self, worker: str, cache: dict[str, str]) -> Probe:
+        try:
+            real, inside = self.policy.locate(worker, cache=cache)
+        except NotAbsolute:
+            return Probe(
+                paths_pb2.PATH_STATUS_MISSING, "", f"{worker!r} is not an absolute worker path"
+            )
+        if not inside:  # not looked at: nothing said about what lies there
+            return Probe(
+                paths_pb2.PATH_STATUS_OUTSIDE_MOUNTS,
+                worker,
+                f"{worker} is outside the allowed mounts",
+            )
+        try:
+            st = os.stat(real)
+        except (FileNotFoundError, NotADirectoryError):
+            return Probe(paths_pb2.PATH_STATUS_MISSING, real, f"no file at {real}")
+        except OSError as exc:
+            return Probe(
+                paths_pb2.PATH_STATUS_UNREADABLE, real, f"{real} cannot be read: {exc.strerror}"
+            )
+        if stat.S_ISDIR(st.st_mode):
+            return Probe(
+                paths_pb2.PATH_STATUS_UNREADABLE, real, f"{real} is a directory, not a file"
+            )
+        if not stat.S_ISREG(st.st_mode):
+            return Probe(paths_pb2.PATH_STATUS_UNREADABLE, real, f"{real} is not a regular file")
+        if not os.access(real, os.R_OK):
+            return Probe(
+                paths_pb2.PATH_STATUS_UNREADABLE, real, f"{real} is not readable by the worker"
+            )
+        return Probe(paths_pb2.PATH_STATUS_FOUND, real, "", (st.st_size, st.st_mtime_ns))
+
+
+# -- check tokens -------------------------------------------------------------
+#
+# A token is ``v1.<payload>.<mac>``: payload = base64url(zlib(canonical JSON of
+# {"v", "labels", "maps", "files": [[path, size, mtime_ns], ...] sorted, "iat"})), mac =
+# base64url(HMAC-SHA256(secret, domain + canonical JSON)). Stateless: any
+# process holding the secret can verify it; a restart does not invalidate it.
+
+_DOMAIN = b"sleap-rtc/path-check-token/v1\x00"
+_MAX_TOKEN_CHARS = 8 * 1024 * 1024
+_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: bytes, canonical: bytes) -> bytes:
+    return hmac.new(secret, _DOMAIN + canonical, hashlib.sha256).digest()
+
+
+def mappings_digest(exact: Mapping[str, str], prefix: Mapping[str, str]) -> str:
+    """SHA-256 of a request's mappings (canonical JSON), bound into the token."""
+    canonical = json.dumps([sorted(exact.items()), sorted(prefix.items())], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def issue_check_token(
+    secret: bytes,
+    labels_path: str,
+    files: list[tuple[str, int, int]],
+    *,
+    now: float,
+    mappings: str = "",
+) -> str:
+    """Sign the labels path, the checked files ``(path, size, mtime_ns)`` and
+    the digest of the request's mappings."""
+    payload = {
+        "v": 1,
+        "labels": labels_path,
+        "maps": mappings,
+        "files": sorted([p, s, m] for p, s, m in files),
+        "iat": int(now),
+    }
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return f"v1.{_b64e(zlib.compress(canonical, 6))}.{_b64e(_mac(secret, canonical))}"
+
+
+def verify_check_token(
+    secret: bytes,
+    policy: MountPolicy,
+    token: str,
+    *,
+    labels_path: str,
+    now: float,
+    max_age_s: float | None = None,
+    mappings: str | None = None,
+) -> str | None:
+    """None if ``token`` is genuine, for ``labels_path``, and every file is
+    unchanged (re-resolved through the policy and re-stat'ed); else a reason."""
+    parts = token.split(".") if len(token) <= _MAX_TOKEN_CHARS else []
+    if len(parts) != 3 or parts[0] != "v1":
+        return "check token is malformed; run the path check again"
+    try:
+        inflater = zlib.decompressobj()
+        canonical = inflater.decompress(_b64d(parts[1]), _MAX_PAYLOAD_BYTES)
+        if inflater.unconsumed_tail or not inflater.eof:
+            return "check token is malformed; run the path check again"
+        mac = _b64d(parts[2])
+    except (ValueError, zlib.error):
+        return "check token is malformed; run the path check again"
+    if not hmac.compare_digest(mac, _mac(secret, canonical)):
+        return "check token is forged or from another worker; run the path check again"
+    data = json.loads(canonical)
+    if max_age_s is not None and now - data["iat"] > max_age_s:
+        return "check token expired; run the path check again"
+    if mappings is not None and mappings != data["maps"]:
+        return "path mappings differ from the checked ones; run the path check again"
+    try:
+        real = policy.resolve_str(labels_path)
+    except PathRejected as exc:
+        return f"labels path rejected: {exc}"
+    if real != data["labels"]:
+        return f"labels path {labels_path} differs from the checked {data['labels']}"
+    cache: dict[str, str] = {}
+    for path, size, mtime_ns in data["files"]:
+        try:
+            st = os.stat(policy.resolve_str(path, cache=cache))
+        except PathRejected:
+            return f"file {path} now resolves outside the allowed mounts"
+        except OSError:
+            return f"file {path} is missing since the check; run the path check again"
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) or not stat.S_ISREG(st.st_mode):
+            return f"file {path} changed since the check; run the path check again"
+    return None

@@ -1,0 +1,536 @@
+"""The worker's asyncio adapter: one :class:`WorkerService`, one ``serve(link)`` per connection.
+
+It only feeds things: frames and ``time.monotonic()`` into a
+:class:`~sleap_rtc.worker.session.WorkerSession`, path checks into a thread
+(:class:`~sleap_rtc.worker.pathcheck.PathChecker`), submits into the
+:class:`~sleap_rtc.worker.jobs.JobRegistry`, accepted jobs into a
+:class:`~sleap_rtc.worker.trainer.TrainerRun`, and each job's numbered
+progress to every connection attached to it. Jobs outlive connections: a
+closed link ends ``serve()`` and leaves the jobs running; a new connection
+gets the rest with ``JobAttach``.
+
+>>> import asyncio, tempfile
+>>> from pathlib import Path
+>>> async def demo():
+...     root = Path(tempfile.mkdtemp())
+...     (root / "mnt").mkdir()
+...     service = WorkerService(WorkerConfig(
+...         mounts=[root / "mnt"], state_dir=root / "state", verifier=None))
+...     await service.start()
+...     await service.close()
+...     return service.runs_dir.name
+>>> asyncio.run(demo())
+'sleap-rtc-runs'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib.metadata
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq.asyncio
+
+from sleap_rtc import __version__
+from sleap_rtc.transport.link import Link, LinkClosed
+from sleap_rtc.worker.index import FileIndex
+from sleap_rtc.worker.jobs import IntakeConfig, Job, JobMessage, JobRegistry
+from sleap_rtc.worker.mounts import MountPolicy, PathRejected
+from sleap_rtc.worker.pathcheck import PathChecker
+from sleap_rtc.worker.session import (
+    Event,
+    HelloAccepted,
+    JobAttachRequested,
+    JobControlRequested,
+    JobSubmitted,
+    PathCheckRequested,
+    ProtocolViolation,
+    Verifier,
+    WorkerInfo,
+    WorkerSession,
+    make_error,
+)
+from sleap_rtc.worker.trainer import (
+    DEFAULT_TRAINER_COMMAND,
+    ProgressUpdate,
+    RunLimits,
+    RunResult,
+    TrainerRun,
+)
+from sleap_rtc_proto.codec import MAX_CONFIG_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
+from sleap_rtc_proto.v1 import error_pb2, job_pb2, progress_pb2
+
+log = logging.getLogger(__name__)
+
+
+def _components() -> dict[str, str]:
+    out = {"sleap-rtc": __version__}
+    for name in ("sleap-nn", "sleap-io"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[name] = importlib.metadata.version(name)
+    return out
+
+
+@dataclass(kw_only=True)
+class WorkerConfig:
+    """Operator settings of one worker.
+
+    Attributes:
+        mounts: allowed roots; every path a client names must resolve inside one.
+        state_dir: worker-owned folder outside the mounts (temp configs live in
+            ``state_dir/configs``, mode 0700, files 0600).
+        verifier: checks each client's Hello token (e.g.
+            ``functools.partial(TokenVerifier.verify, room=...)``). Required;
+            ``None`` explicitly turns authentication off (local development).
+        runs_dir: folder inside a mount for run outputs; default
+            ``<first mount>/sleap-rtc-runs``.
+        trainer_command: command prefix; the worker appends ``--config`` etc.
+        trainer_env: extra environment for the trainer.
+        max_concurrent_jobs: running jobs at once; past it, Error BUSY.
+        require_check_token: refuse submits without a passing path check.
+        worker_id: peer id reported in HelloAck.
+        token_secret: HMAC key for check tokens; default: random per start.
+        max_frame_bytes, max_message_bytes, max_config_bytes: receive limits.
+        run_limits: trainer timeouts and log batching.
+        history_limit: progress/log messages kept per job for JobAttach.
+        build_index: index file names under the mounts for suggestions.
+        disclose_mounts: tell clients the mount roots.
+        send_timeout_s: a send that takes longer closes the connection.
+        max_outbox_frames: frames queued for a slow connection before it is closed.
+        max_path_checks: path checks in flight per connection.
+        shutdown_grace_s: how long close() waits for trainers to end.
+    """
+
+    mounts: Sequence[str | Path]
+    state_dir: Path
+    verifier: Verifier | None
+    runs_dir: Path | None = None
+    trainer_command: Sequence[str] = DEFAULT_TRAINER_COMMAND
+    trainer_env: Mapping[str, str] = field(default_factory=dict)
+    max_concurrent_jobs: int = 1
+    require_check_token: bool = True
+    worker_id: str = "worker"
+    token_secret: bytes | None = None
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_config_bytes: int = MAX_CONFIG_BYTES
+    run_limits: RunLimits = field(default_factory=RunLimits)
+    history_limit: int = 10_000
+    build_index: bool = True
+    disclose_mounts: bool = True
+    send_timeout_s: float = 30.0
+    max_outbox_frames: int = 20_000
+    max_path_checks: int = 4
+    shutdown_grace_s: float = 15.0
+
+
+class _JobSink:
+    """Routes a run's output into its job's numbered history."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def progress(self, update: ProgressUpdate) -> None:
+        self.job.emit_progress(update)
+
+    def log(self, stream: int, lines: list[str]) -> None:
+        self.job.emit_log(stream, lines)
+
+
+class _Connection:
+    """One served link: its session, outbox and job subscriptions."""
+
+    def __init__(self, service: WorkerService, link: Link, peer_id: str) -> None:
+        self.service = service
+        self.link = link
+        self.peer_id = peer_id
+        cfg = service.config
+        self.session = WorkerSession(
+            service.info, verifier=cfg.verifier, session_id=uuid.uuid4().hex[:12]
+        )
+        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.subscriptions: dict[str, Callable[[], None]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.dead = False
+
+    def flush(self) -> None:
+        for frame in self.session.data_to_send():
+            if self.outbox.qsize() >= self.service.config.max_outbox_frames:
+                log.warning("connection %s is not reading; closing it", self.peer_id)
+                self.kill()
+                return
+            self.outbox.put_nowait(frame)
+
+    def kill(self) -> None:
+        """Give up on this connection (its jobs keep running)."""
+        if not self.dead:
+            self.dead = True
+            self.spawn(self._close_link())
+
+    async def _close_link(self) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5.0):
+                await self.link.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def writer(self) -> None:
+        timeout = self.service.config.send_timeout_s
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+        while not self.dead:
+            frame = await self.outbox.get()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.link.send(frame)
+            except (LinkClosed, ConnectionError, TimeoutError, OSError) as exc:
+                log.info("connection %s: send failed (%s); closing", self.peer_id, exc)
+                self.kill()
+                return
+
+    async def ticker(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.session.expire(time.monotonic()):
+                self.flush()
+
+    def send_job_message(self, message: JobMessage) -> None:
+        if self.dead:
+            return
+        try:
+            self.session.send(message)
+        except Exception as exc:  # e.g. an outgoing message over the size limit
+            log.warning("connection %s: cannot send %s: %s", self.peer_id, type(message), exc)
+            return
+        self.flush()
+
+    def follow(self, job: Job) -> None:
+        """Send ``job``'s later messages to this connection (once per job)."""
+        if job.job_id not in self.subscriptions:
+            self.subscriptions[job.job_id] = job.subscribe(self.send_job_message)
+
+    def drop(self) -> None:
+        for unsubscribe in self.subscriptions.values():
+            unsubscribe()
+        self.subscriptions.clear()
+
+
+class WorkerService:
+    """The worker: serves connections, checks paths, accepts and runs jobs."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        if config.max_concurrent_jobs < 1:
+            raise ValueError("max_concurrent_jobs must be at least 1")
+        if not config.trainer_command:
+            raise ValueError("trainer_command must name a program")
+        self.config = config
+        self.policy = MountPolicy(config.mounts)
+        runs = config.runs_dir or self.policy.roots[0] / "sleap-rtc-runs"
+        self.runs_dir = Path(runs)
+        self.info = WorkerInfo(
+            worker_id=config.worker_id,
+            software=f"sleap-rtc {__version__}",
+            components=_components(),
+            mounts=[str(r) for r in self.policy.roots] if config.disclose_mounts else [],
+            max_frame_bytes=config.max_frame_bytes,
+            max_message_bytes=config.max_message_bytes,
+            max_config_bytes=config.max_config_bytes,
+            max_concurrent_jobs=config.max_concurrent_jobs,
+        )
+        self.index = FileIndex(self.policy) if config.build_index else None
+        self.checker = PathChecker(
+            self.policy,
+            self.index,
+            token_secret=config.token_secret or secrets.token_bytes(32),
+            disclose_mounts=config.disclose_mounts,
+        )
+        self.registry = JobRegistry(
+            IntakeConfig(
+                policy=self.policy,
+                state_dir=Path(config.state_dir),
+                runs_dir=self.runs_dir,
+                trainer_command=tuple(config.trainer_command),
+                max_concurrent_jobs=config.max_concurrent_jobs,
+                max_config_bytes=config.max_config_bytes,
+                require_check_token=config.require_check_token,
+                token_check=lambda token, labels: self.checker.verify_check_token(
+                    token, labels_path=labels
+                ),
+                history_limit=config.history_limit,
+            )
+        )
+        self._zmq: zmq.asyncio.Context | None = None
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._connections: set[_Connection] = set()
+        self.started = False
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Prepare folders, remove temp configs a crashed worker left, check runs_dir."""
+        removed = self.registry.prepare()
+        if removed:
+            log.info("removed %d stale temp config(s) from %s", len(removed), removed[0].parent)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.runs_dir = self.policy.resolve(self.runs_dir)
+        except PathRejected as exc:
+            raise ValueError(f"runs_dir {self.runs_dir} must lie inside a mount: {exc}") from None
+        self.registry.config = dataclasses.replace(self.registry.config, runs_dir=self.runs_dir)
+        self._zmq = zmq.asyncio.Context()
+        self.started = True
+
+    async def close(self) -> None:
+        """Stop every running job (JobFailed WORKER_SHUTDOWN), close connections, clean up."""
+        for job in self.registry.jobs():
+            if job.active and job.control is not None:
+                job.control.cancel(
+                    progress_pb2.FAILURE_CODE_WORKER_SHUTDOWN, "the worker is shutting down"
+                )
+        runs = list(self._runs.values())
+        if runs:
+            _, pending = await asyncio.wait(
+                runs, timeout=self.config.shutdown_grace_s + self.config.run_limits.term_grace_s
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for conn in list(self._connections):
+            conn.kill()
+        for job in self.registry.jobs():  # anything that never got a result
+            if job.final is None:
+                job.finish(
+                    RunResult(
+                        completed=False,
+                        failure_code=progress_pb2.FAILURE_CODE_WORKER_SHUTDOWN,
+                        message="the worker is shutting down",
+                    )
+                )
+        self.registry.prepare()  # no temp config outlives the worker
+        if self._zmq is not None:
+            self._zmq.destroy(linger=0)
+            self._zmq = None
+        self.started = False
+
+    # --- one connection --------------------------------------------------------
+
+    async def serve(self, link: Link, *, peer_id: str = "") -> None:
+        """Handle one connection until its link closes. Jobs keep running afterwards."""
+        if not self.started:
+            raise RuntimeError("call start() before serve()")
+        conn = _Connection(self, link, peer_id)
+        self._connections.add(conn)
+        writer = asyncio.create_task(conn.writer())
+        ticker = asyncio.create_task(conn.ticker())
+        try:
+            while not conn.dead:
+                try:
+                    frame = await link.recv()
+                except (LinkClosed, ConnectionError):
+                    break
+                for event in conn.session.receive(frame, time.monotonic()):
+                    try:
+                        self._handle(conn, event)
+                    except Exception as exc:  # e.g. an answer over the size limit
+                        log.exception("session %s: handling failed", conn.session.session_id)
+                        conn.session.send_error(
+                            getattr(event, "correlation_id", 0),
+                            make_error(
+                                error_pb2.ERROR_CODE_INTERNAL,
+                                f"the worker failed to answer: {type(exc).__name__}",
+                            ),
+                        )
+                conn.flush()
+            # Let queued answers go out before returning (bounded).
+            if not conn.dead and not conn.outbox.empty():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._drained(conn)
+        finally:
+            conn.dead = True
+            conn.drop()
+            self._connections.discard(conn)
+            tasks = {writer, ticker, *conn.tasks}
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=5.0)
+
+    @staticmethod
+    async def _drained(conn: _Connection) -> None:
+        while not conn.outbox.empty():
+            await asyncio.sleep(0.01)
+
+    def _handle(self, conn: _Connection, event: Event) -> None:
+        if isinstance(event, HelloAccepted):
+            log.info(
+                "session %s: %s (%s) authenticated as %r",
+                conn.session.session_id,
+                conn.peer_id,
+                event.client_name,
+                event.subject,
+            )
+        elif isinstance(event, PathCheckRequested):
+            if len(conn.tasks) >= self.config.max_path_checks:
+                conn.session.send_error(
+                    event.correlation_id,
+                    make_error(
+                        error_pb2.ERROR_CODE_BUSY,
+                        "too many path checks in flight on this connection",
+                        retryable=True,
+                    ),
+                )
+            else:
+                conn.spawn(self._path_check(conn, event))
+        elif isinstance(event, JobSubmitted):
+            self._submit(conn, event)
+        elif isinstance(event, JobControlRequested):
+            self._control(conn, event)
+        elif isinstance(event, JobAttachRequested):
+            self._attach(conn, event)
+        elif isinstance(event, ProtocolViolation):
+            log.info("session %s: %s", conn.session.session_id, event.error.message)
+
+    async def _path_check(self, conn: _Connection, event: PathCheckRequested) -> None:
+        try:
+            result = await asyncio.to_thread(self.checker.check, event.request)
+        except Exception as exc:
+            log.exception("path check failed")
+            conn.session.send_error(
+                event.correlation_id,
+                make_error(
+                    error_pb2.ERROR_CODE_INTERNAL,
+                    f"the path check failed on the worker: {type(exc).__name__}: {exc}",
+                ),
+            )
+        else:
+            conn.session.send_reply(event.correlation_id, result)
+        conn.flush()
+
+    def _submit(self, conn: _Connection, event: JobSubmitted) -> None:
+        answer, job = self.registry.submit_job(event.submit, owner=conn.session.subject)
+        if isinstance(answer, error_pb2.Error):
+            conn.session.send_error(event.correlation_id, answer)
+            return
+        conn.session.send_reply(event.correlation_id, answer)
+        if isinstance(answer, job_pb2.JobAccepted):
+            accepted = self.registry.get(answer.job_id)
+            if accepted is not None:
+                conn.follow(accepted)
+        if job is not None:
+            self._start_job(job)
+
+    def _start_job(self, job: Job) -> None:
+        assert self._zmq is not None
+        run = TrainerRun(
+            self.config.trainer_command,
+            job.plan,
+            _JobSink(job),
+            context=self._zmq,
+            limits=self.config.run_limits,
+            env=self.config.trainer_env,
+        )
+        job.control = run
+        job.state = job_pb2.JOB_STATE_RUNNING
+        job.message = "running"
+        self._runs[job.job_id] = asyncio.create_task(self._run(job, run))
+
+    async def _run(self, job: Job, run: TrainerRun) -> None:
+        try:
+            result = await run.run()
+        except asyncio.CancelledError:
+            job.finish(
+                RunResult(
+                    completed=False,
+                    failure_code=progress_pb2.FAILURE_CODE_WORKER_SHUTDOWN,
+                    message="the worker stopped while the job ran",
+                    log_tail=tuple(run._tail),
+                )
+            )
+            raise
+        except Exception as exc:
+            log.exception("job %s: the run failed", job.job_id)
+            result = RunResult(
+                completed=False,
+                failure_code=progress_pb2.FAILURE_CODE_INTERNAL,
+                message=f"the worker failed to run the trainer: {type(exc).__name__}: {exc}",
+            )
+        finally:
+            self._runs.pop(job.job_id, None)
+        job.finish(result)
+        log.info("job %s ended: %s", job.job_id, job.message)
+
+    def _owned(self, conn: _Connection, correlation_id: int, job_id: str) -> Job | None:
+        job = self.registry.get(job_id)
+        if job is None:
+            conn.session.send_error(
+                correlation_id,
+                make_error(
+                    error_pb2.ERROR_CODE_NOT_FOUND,
+                    f"no job {job_id!r} on this worker",
+                    details={"job_id": job_id},
+                ),
+            )
+            return None
+        if job.owner != conn.session.subject:
+            conn.session.send_error(
+                correlation_id,
+                make_error(
+                    error_pb2.ERROR_CODE_FORBIDDEN,
+                    f"job {job_id!r} belongs to another user",
+                    details={"job_id": job_id},
+                ),
+            )
+            return None
+        return job
+
+    def _control(self, conn: _Connection, event: JobControlRequested) -> None:
+        control = event.control
+        job = self._owned(conn, event.correlation_id, control.job_id)
+        if job is None:
+            return
+        if not job.active:
+            conn.session.send_reply(
+                event.correlation_id, job.status(f"the job already ended: {job.message}")
+            )
+            return
+        if control.action == job_pb2.CONTROL_ACTION_STOP:
+            if job.control is not None:
+                job.control.stop()
+            note = "stop requested; training ends after the current batch"
+        else:
+            if job.control is not None:
+                job.control.cancel()
+            note = "cancel requested; the trainer is being terminated"
+        job.state = job_pb2.JOB_STATE_STOPPING
+        job.message = note
+        conn.session.send_reply(event.correlation_id, job.status())
+
+    def _attach(self, conn: _Connection, event: JobAttachRequested) -> None:
+        job = self._owned(conn, event.correlation_id, event.attach.job_id)
+        if job is None:
+            return
+        messages, dropped = job.replay(event.attach.after_sequence)
+        note = (
+            f"{dropped} older progress message(s) are no longer kept and were not resent"
+            if dropped
+            else ""
+        )
+        conn.session.send_reply(event.correlation_id, job.status(note))
+        for message in messages:
+            conn.session.send(message)
+        # No await between replay and follow: nothing is missed or sent twice.
+        old = conn.subscriptions.pop(job.job_id, None)
+        if old is not None:
+            old()
+        conn.follow(job)

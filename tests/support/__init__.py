@@ -1,0 +1,1 @@
+"""Test helpers: stand-in trainer and protocol client."""

@@ -1,0 +1,256 @@
+"""The command line: --help everywhere, documented exit codes, one-line errors, config errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sleap_rtc.cli import main as cli_main
+from sleap_rtc.cli.exits import ExitCode
+
+COMMANDS = ["signal", "worker", "login", "workers", "check", "train", "demo"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Never read or write the user's own config, tokens or state."""
+    monkeypatch.setenv("SLEAP_RTC_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("SLEAP_RTC_STATE_DIR", str(tmp_path / "state"))
+    for name in ("SLEAP_RTC_TOKEN", "SLEAP_RTC_TOKEN_FILE", "SLEAP_RTC_WORKER_CREDENTIAL"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def run_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``sleap-rtc`` in a subprocess (as a user would); bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-m", "sleap_rtc.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+
+
+def test_top_level_help_lists_every_command_and_exit_codes() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+    assert "exit codes" in result.stdout
+    assert "5 login required" in result.stdout.replace("\n", " ")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main.main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"sleap-rtc {command}" in out
+    assert "--help" in out
+
+
+def test_inspect_command_is_included_when_present(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        import sleap_rtc.cli.inspect_cmd  # noqa: F401
+    except ImportError:
+        pytest.skip("the capture inspector is not installed")
+    with pytest.raises(SystemExit) as info:
+        cli_main.main(["inspect", "--help"])
+    assert info.value.code == 0
+
+
+def test_help_is_fast() -> None:
+    """``sleap-rtc --help`` imports no heavy library (aiortc, torch, sleap-io)."""
+    code = (
+        "import sys, time; t = time.perf_counter();"
+        "from sleap_rtc.cli.main import build_parser; build_parser();"
+        "heavy = [m for m in ('aiortc', 'torch', 'sleap_io', 'zmq', 'h5py', 'rich', 'websockets')"
+        " if m in sys.modules]; print(heavy, time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    heavy, _, seconds = out.stdout.strip().rpartition(" ")
+    assert heavy == "[]", out.stdout
+    assert float(seconds) < 1.0
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main.main([]) == ExitCode.USAGE
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    result = run_cli("train", "--no-such-flag")
+    assert result.returncode == ExitCode.USAGE
+    assert "Traceback" not in result.stderr
+
+
+def test_exit_codes_are_stable() -> None:
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5]
+    assert int(ExitCode.LOGIN_REQUIRED) == 5 and int(ExitCode.UNREACHABLE) == 4
+
+
+def test_bad_worker_config_is_one_line_naming_key_and_file(isolated: Path) -> None:
+    config = isolated / "worker.toml"
+    config.write_text('room = "lab"\n[limits]\nconcurrency = "many"\n')
+    result = run_cli("worker", "--config", str(config), "--check-config")
+    assert result.returncode == ExitCode.USAGE
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(config) in lines[0] and "limits.concurrency" in lines[0]
+
+
+def test_bad_toml_syntax(isolated: Path) -> None:
+    config = isolated / "client.toml"
+    config.write_text("server = \n")
+    result = run_cli("workers", "--config", str(config))
+    assert result.returncode == ExitCode.USAGE
+    assert str(config) in result.stderr and "invalid TOML" in result.stderr
+
+
+def test_default_client_config_is_read(isolated: Path) -> None:
+    folder = isolated / "config"
+    folder.mkdir()
+    (folder / "client.toml").write_text('sever = "ws://x:1"\n')
+    result = run_cli("workers")
+    assert result.returncode == ExitCode.USAGE
+    assert "client.toml: sever: unknown key" in result.stderr
+
+
+def test_worker_check_config_prints_merged_settings(isolated: Path) -> None:
+    share = isolated / "share"
+    share.mkdir()
+    config = isolated / "worker.toml"
+    config.write_text(f'room = "lab"\nname = "box"\nmounts = ["{share}"]\n')
+    result = run_cli(
+        "worker", "--config", str(config), "--room", "other", "--concurrency", "2", "--check-config"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "room:            other" in result.stdout
+    assert "concurrency:     2" in result.stdout
+    assert f"share = {share}" in result.stdout
+
+
+def test_worker_needs_a_mount_and_a_credential(isolated: Path) -> None:
+    result = run_cli("worker", "--room", "lab")
+    assert result.returncode == ExitCode.USAGE
+    assert "at least one mount" in result.stderr
+    result = run_cli("worker", "--mount", str(isolated / "missing"))
+    assert result.returncode == ExitCode.USAGE
+    assert "not an existing folder" in result.stderr
+    result = run_cli("worker", "--mount", str(isolated))
+    assert result.returncode == ExitCode.USAGE
+    assert "no worker credential" in result.stderr
+
+
+def test_missing_token_is_login_required() -> None:
+    result = run_cli("workers", "--server", "ws://127.0.0.1:9")
+    assert result.returncode == ExitCode.LOGIN_REQUIRED
+    assert "Login required" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_token_file_that_does_not_exist(isolated: Path) -> None:
+    result = run_cli("workers", "--token-file", str(isolated / "nope"))
+    assert result.returncode == ExitCode.LOGIN_REQUIRED
+    assert "does not exist" in result.stderr
+
+
+def test_unreachable_signaling_server_exits_4(isolated: Path) -> None:
+    from sleap_rtc.auth.tokens import TokenIssuer
+
+    token = TokenIssuer.generate().issue("alice", "lab")
+    started = time.monotonic()
+    result = run_cli(
+        "workers",
+        "--server",
+        "ws://127.0.0.1:9",
+        "--room",
+        "lab",
+        "--timeout",
+        "3",
+        env={"SLEAP_RTC_TOKEN": token},
+    )
+    assert result.returncode == ExitCode.UNREACHABLE, result.stderr
+    assert "signaling server" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 30
+
+
+def test_train_needs_a_training_config(isolated: Path) -> None:
+    result = run_cli("train", str(isolated / "labels.slp"))
+    assert result.returncode == ExitCode.USAGE
+    assert "--training-config" in result.stderr
+    result = run_cli("train", "x.slp", "-t", str(isolated / "nope.yaml"))
+    assert result.returncode == ExitCode.USAGE
+    assert "does not exist" in result.stderr
+
+
+def test_train_rejects_a_bad_job_id() -> None:
+    result = run_cli("train", "x.slp", "-t", __file__, "--job-id", "../etc")
+    assert result.returncode == ExitCode.USAGE
+    assert "job id" in result.stderr
+
+
+def test_signal_port_in_use_is_one_line(isolated: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run_cli("signal", "--port", str(port), "--state-dir", str(isolated / "sig"))
+    assert result.returncode == ExitCode.FAILED
+    assert "cannot listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_login_status_without_token(isolated: Path) -> None:
+    result = run_cli("login", "--status", "--server", "ws://127.0.0.1:9")
+    assert result.returncode == ExitCode.LOGIN_REQUIRED
+    assert "not logged in" in result.stdout
+
+
+def test_internal_errors_are_one_line_without_debug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sleap_rtc.cli import workers_cmd
+
+    def boom(args: object) -> int:
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(cli_main, "build_parser", _parser_with(workers_cmd.add_parser, boom))
+    code = cli_main.main(["workers"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.FAILED
+    assert "internal error: RuntimeError: kaput" in err
+    assert "Traceback" not in err
+    with pytest.raises(RuntimeError):
+        cli_main.main(["--debug", "workers"])
+
+
+def _parser_with(
+    add_parser: Callable[[Any], argparse.ArgumentParser], handler: Callable[[Any], int]
+) -> Callable[[], argparse.ArgumentParser]:
+    def build() -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog="sleap-rtc")
+        parser.add_argument("-v", "--verbose", action="count", default=0)
+        parser.add_argument("--debug", action="store_true")
+        sub = parser.add_subparsers(dest="command")
+        add_parser(sub).set_defaults(func=handler)
+        return parser
+
+    return build

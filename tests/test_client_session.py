@@ -1,0 +1,440 @@
+"""ClientSession (sans-IO): hello, correlation, deadlines, typed events, bad frames."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.protobuf.message import Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sleap_rtc.client.session import (
+    ClientSession,
+    ErrorReceived,
+    Event,
+    HelloAccepted,
+    HelloRefused,
+    JobAcceptedEvent,
+    JobCompleted,
+    JobFailedEvent,
+    JobRejectedEvent,
+    JobStatusReceived,
+    LogReceived,
+    PathCheckAnswered,
+    ProgressReceived,
+    ProtocolViolation,
+    RequestKind,
+    RequestTimedOut,
+    SessionMisuse,
+    SessionState,
+)
+from sleap_rtc_proto.codec import Envelope
+from sleap_rtc_proto.stream import MessageStream
+from sleap_rtc_proto.v1 import error_pb2, handshake_pb2, job_pb2, paths_pb2, progress_pb2, spec_pb2
+from sleap_rtc_proto.versions import SUPPORTED, Version
+
+
+class Worker:
+    """The worker's side, scripted with a real MessageStream."""
+
+    def __init__(self) -> None:
+        self.stream = MessageStream()
+
+    def read(self, frames: list[bytes]) -> list[Envelope]:
+        out = [self.stream.receive(f, 0.0) for f in frames]
+        return [e for e in out if e is not None]
+
+    def send(self, body: Message, correlation_id: int = 0) -> list[bytes]:
+        return self.stream.send(body, correlation_id=correlation_id)[1]
+
+
+def ack(**kw: Any) -> handshake_pb2.HelloAck:
+    kw.setdefault("chosen_version", SUPPORTED.max.to_proto())
+    kw.setdefault("worker_id", "w1")
+    return handshake_pb2.HelloAck(**kw)
+
+
+def feed(session: ClientSession, frames: list[bytes], now: float = 0.0) -> list[Event]:
+    events = []
+    for frame in frames:
+        events += session.receive(frame, now)
+    return events
+
+
+def ready_session(**kw: Any) -> tuple[ClientSession, Worker]:
+    session = ClientSession(token="tok", **kw)
+    worker = Worker()
+    out = session.hello(now=0.0)
+    [hello] = worker.read(out.frames)
+    events = feed(session, worker.send(ack(mounts=["/mnt/lab"]), hello.message_id))
+    assert isinstance(events[0], HelloAccepted)
+    return session, worker
+
+
+def test_hello_carries_token_versions_and_software() -> None:
+    session = ClientSession(
+        token="jwt-token", software="sleap-rtc 9", components={"sleap": "1.6.6"}, client_name="me"
+    )
+    out = session.hello(now=0.0)
+    [env] = Worker().read(out.frames)
+    hello = env.hello
+    assert env.message_id == out.request_id
+    assert hello.token == "jwt-token"
+    assert Version.from_proto(hello.min_version) == SUPPORTED.min
+    assert Version.from_proto(hello.max_version) == SUPPORTED.max
+    assert hello.software == "sleap-rtc 9"
+    assert dict(hello.components) == {"sleap": "1.6.6"}
+    assert hello.client_name == "me"
+    assert session.state is SessionState.HELLO_SENT
+
+
+def test_hello_accepted_sets_ready_and_version() -> None:
+    session, _ = ready_session()
+    assert session.ready
+    assert session.chosen_version == SUPPORTED.max
+    assert session.mounts == ("/mnt/lab",)
+    assert session.hello_ack is not None and session.hello_ack.worker_id == "w1"
+
+
+def test_requests_before_hello_are_misuse() -> None:
+    session = ClientSession()
+    with pytest.raises(SessionMisuse):
+        session.check_paths("/a.slp", now=0.0)
+    session.hello(now=0.0)
+    with pytest.raises(SessionMisuse):
+        session.hello(now=0.0)
+
+
+def test_hello_refused_by_error() -> None:
+    session = ClientSession(token="bad")
+    worker = Worker()
+    out = session.hello(now=0.0)
+    error = error_pb2.Error(code=error_pb2.ERROR_CODE_UNAUTHENTICATED, message="token expired")
+    [event] = feed(session, worker.send(error, out.request_id))
+    assert isinstance(event, HelloRefused)
+    assert event.code == error_pb2.ERROR_CODE_UNAUTHENTICATED
+    assert event.message == "token expired"
+    assert session.state is SessionState.REFUSED
+
+
+def test_hello_ack_with_foreign_version_is_refused() -> None:
+    session = ClientSession()
+    worker = Worker()
+    out = session.hello(now=0.0)
+    bad = ack(chosen_version=Version(1, 99).to_proto())
+    [event] = feed(session, worker.send(bad, out.request_id))
+    assert isinstance(event, HelloRefused)
+    assert event.code == error_pb2.ERROR_CODE_UNSUPPORTED_VERSION
+    assert not session.ready
+
+
+def test_path_check_request_and_answer() -> None:
+    session, worker = ready_session()
+    out = session.check_paths(
+        "/data/l.slp", now=1.0, path_mappings={"/a.mp4": "/mnt/a.mp4"},
+        prefix_mappings={"/Users/me": "/mnt/lab"}, max_suggestions=3,
+    )
+    [env] = worker.read(out.frames)
+    req = env.path_check_request
+    assert req.labels_path == "/data/l.slp"
+    assert dict(req.path_mappings) == {"/a.mp4": "/mnt/a.mp4"}
+    assert dict(req.prefix_mappings) == {"/Users/me": "/mnt/lab"}
+    assert req.max_suggestions == 3
+    assert session.pending == {out.request_id: RequestKind.PATH_CHECK}
+    result = paths_pb2.PathCheckResult(check_token="t1")
+    [event] = feed(session, worker.send(result, out.request_id))
+    assert isinstance(event, PathCheckAnswered)
+    assert event.request_id == out.request_id and event.result.check_token == "t1"
+    assert session.pending == {}
+
+
+def test_submit_accepted_rejected_and_error() -> None:
+    session, worker = ready_session()
+    spec = spec_pb2.TrainJobSpec(config_content="a: 1", labels_path="/l.slp")
+    first = session.submit("job-1", spec, now=0.0, check_token="ct")
+    [env] = worker.read(first.frames)
+    assert env.job_submit.job_id == "job-1" and env.job_submit.check_token == "ct"
+    assert env.job_submit.spec.config_content == "a: 1"
+    [event] = feed(session, worker.send(job_pb2.JobAccepted(job_id="job-1"), first.request_id))
+    assert isinstance(event, JobAcceptedEvent)
+
+    second = session.submit("job-2", spec, now=0.0)
+    rejected = job_pb2.JobRejected(
+        job_id="job-2",
+        violations=[job_pb2.FieldViolation(field="spec.labels_path", message="missing")],
+    )
+    [event] = feed(session, worker.send(rejected, second.request_id))
+    assert isinstance(event, JobRejectedEvent)
+    assert event.rejected.violations[0].field == "spec.labels_path"
+
+    third = session.submit("job-3", spec, now=0.0)
+    busy = error_pb2.Error(code=error_pb2.ERROR_CODE_BUSY, message="busy", retryable=True)
+    [event] = feed(session, worker.send(busy, third.request_id))
+    assert isinstance(event, ErrorReceived)
+    assert event.request_id == third.request_id and event.retryable
+
+
+def test_attach_and_control_answers() -> None:
+    session, worker = ready_session()
+    out = session.attach("job-1", now=0.0, after_sequence=7)
+    [env] = worker.read(out.frames)
+    assert env.job_attach.after_sequence == 7
+    status = job_pb2.JobStatus(job_id="job-1", state=job_pb2.JOB_STATE_RUNNING)
+    [event] = feed(session, worker.send(status, out.request_id))
+    assert isinstance(event, JobStatusReceived)
+    out = session.control("job-1", job_pb2.CONTROL_ACTION_STOP, now=0.0)
+    [env] = worker.read(out.frames)
+    assert env.job_control.action == job_pb2.CONTROL_ACTION_STOP
+
+
+def test_job_events_are_typed() -> None:
+    session, worker = ready_session()
+    frames = (
+        worker.send(progress_pb2.JobProgress(job_id="j", sequence=1,
+                                             event=progress_pb2.PROGRESS_EVENT_TRAIN_BEGIN))
+        + worker.send(progress_pb2.JobLog(job_id="j", sequence=2, lines=["hi"]))
+        + worker.send(progress_pb2.JobComplete(job_id="j", sequence=3))
+        + worker.send(progress_pb2.JobFailed(job_id="k", sequence=1, message="boom"))
+    )
+    events = feed(session, frames)
+    assert [type(e) for e in events] == [ProgressReceived, LogReceived, JobCompleted,
+                                         JobFailedEvent]
+
+
+def test_wrong_correlation_id_is_ignored_and_real_answer_still_lands() -> None:
+    session, worker = ready_session()
+    out = session.check_paths("/l.slp", now=0.0)
+    [event] = feed(session, worker.send(paths_pb2.PathCheckResult(), 999))
+    assert isinstance(event, ProtocolViolation) and event.reason == "unsolicited"
+    assert out.request_id in session.pending
+    [event] = feed(session, worker.send(paths_pb2.PathCheckResult(), out.request_id))
+    assert isinstance(event, PathCheckAnswered)
+
+
+def test_answer_of_the_wrong_kind_is_ignored() -> None:
+    session, worker = ready_session()
+    out = session.check_paths("/l.slp", now=0.0)
+    [event] = feed(session, worker.send(job_pb2.JobAccepted(job_id="x"), out.request_id))
+    assert isinstance(event, ProtocolViolation) and event.reason == "wrong_answer"
+    assert out.request_id in session.pending
+
+
+def test_duplicate_answer_is_unsolicited() -> None:
+    session, worker = ready_session()
+    out = session.check_paths("/l.slp", now=0.0)
+    feed(session, worker.send(paths_pb2.PathCheckResult(), out.request_id))
+    [event] = feed(session, worker.send(paths_pb2.PathCheckResult(), out.request_id))
+    assert isinstance(event, ProtocolViolation) and event.reason == "unsolicited"
+
+
+def test_deadlines_follow_the_time_passed_in() -> None:
+    session, worker = ready_session(default_timeout_s=5.0)
+    out = session.check_paths("/l.slp", now=100.0)
+    assert session.next_deadline() == 105.0
+    assert session.timeouts(104.9) == []
+    [event] = session.timeouts(105.0)
+    assert isinstance(event, RequestTimedOut)
+    assert event.request_id == out.request_id and event.kind is RequestKind.PATH_CHECK
+    assert session.pending == {}
+    [late] = feed(session, worker.send(paths_pb2.PathCheckResult(), out.request_id), now=200.0)
+    assert isinstance(late, ProtocolViolation) and late.reason == "late"
+
+
+def test_hello_timeout_marks_refused() -> None:
+    session = ClientSession()
+    session.hello(now=0.0, timeout_s=1.0)
+    [event] = session.timeouts(2.0)
+    assert isinstance(event, RequestTimedOut) and event.kind is RequestKind.HELLO
+    assert session.state is SessionState.REFUSED
+
+
+def test_abandon_makes_answer_late() -> None:
+    session, worker = ready_session()
+    out = session.check_paths("/l.slp", now=0.0)
+    session.abandon(out.request_id)
+    [event] = feed(session, worker.send(paths_pb2.PathCheckResult(), out.request_id))
+    assert isinstance(event, ProtocolViolation) and event.reason == "late"
+
+
+def test_garbage_is_a_violation_and_the_session_stays_usable() -> None:
+    session, worker = ready_session()
+    out = session.check_paths("/l.slp", now=0.0)
+    for junk in (b"", b"\xff\xff\xff", b"not protobuf at all", b"\x0a\x02\x08\x63"):
+        events = session.receive(junk, 0.0)
+        assert len(events) == 1 and isinstance(events[0], ProtocolViolation)
+    [event] = feed(session, worker.send(paths_pb2.PathCheckResult(), out.request_id))
+    assert isinstance(event, PathCheckAnswered)
+
+
+def test_unsolicited_error_and_unexpected_bodies() -> None:
+    session, worker = ready_session()
+    [event] = feed(session, worker.send(error_pb2.Error(message="your frame was bad")))
+    assert isinstance(event, ErrorReceived) and event.request_id == 0
+    [event] = feed(session, worker.send(handshake_pb2.Hello()))
+    assert isinstance(event, ProtocolViolation) and event.reason == "unexpected"
+
+
+def test_unknown_body_from_newer_minor() -> None:
+    session, _ = ready_session()
+    from sleap_rtc_proto.v1 import envelope_pb2
+
+    header = envelope_pb2.Envelope(version=SUPPORTED.max.to_proto(), message_id=5)
+    unknown = header.SerializeToString() + bytes([0xEA, 0x02, 0x02, 0x08, 0x01])  # field 45
+    [event] = session.receive(unknown, 0.0)
+    assert isinstance(event, ProtocolViolation) and event.reason == "unknown_body"
+
+
+def test_progress_before_hello_is_ignored() -> None:
+    session = ClientSession()
+    session.hello(now=0.0)
+    frame = Worker().send(progress_pb2.JobProgress(job_id="j", sequence=1))
+    [event] = feed(session, frame)
+    assert isinstance(event, ProtocolViolation) and event.reason == "before_hello"
+
+
+def test_large_answer_is_reassembled_from_fragments() -> None:
+    session, worker = ready_session()
+    out = session.check_paths("/l.slp", now=0.0)
+    result = paths_pb2.PathCheckResult(
+        videos=[paths_pb2.VideoCheck(index=i, original_path=f"/v/{i:06d}" + "x" * 400)
+                for i in range(2000)]
+    )
+    frames = worker.send(result, out.request_id)
+    assert len(frames) > 1
+    events = feed(session, frames)
+    assert len(events) == 1 and isinstance(events[0], PathCheckAnswered)
+    assert len(events[0].result.videos) == 2000
+
+
+def test_stale_fragments_expire_through_timeouts() -> None:
+    session, worker = ready_session()
+    result = paths_pb2.PathCheckResult(
+        videos=[paths_pb2.VideoCheck(original_path="y" * 1000) for _ in range(400)]
+    )
+    frames = worker.send(result, 1)
+    assert len(frames) > 1
+    assert session.receive(frames[0], 0.0) == []
+    events = session.timeouts(1000.0)
+    assert any(isinstance(e, ProtocolViolation) and e.reason == "fragment" for e in events)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=300), max_size=8))
+def test_receive_never_raises_on_arbitrary_bytes(frames: list[bytes]) -> None:
+    session, worker = ready_session()
+    out = session.check_paths("/l.slp", now=0.0)
+    for frame in frames:
+        events = session.receive(frame, 0.0)
+        assert all(isinstance(e, ProtocolViolation | ErrorReceived | ProgressReceived
+                              | LogReceived | JobCompleted | JobFailedEvent
+                              | PathCheckAnswered | JobAcceptedEvent | JobRejectedEvent
+                              | JobStatusReceived | HelloRefused | HelloAccepted)
+                   for e in events)
+    # Unless random bytes happened to answer it, the request is still pending and answerable.
+    if out.request_id in session.pending:
+        [event] = feed(session, worker.send(paths_pb2.PathCheckResult(), out.request_id))
+        assert isinstance(event, PathCheckAnswered)
+
+
+_bodies = st.sampled_from([
+    paths_pb2.PathCheckResult(),
+    job_pb2.JobAccepted(job_id="j"),
+    job_pb2.JobRejected(job_id="j"),
+    job_pb2.JobStatus(job_id="j"),
+    handshake_pb2.HelloAck(chosen_version=SUPPORTED.max.to_proto()),
+    error_pb2.Error(code=error_pb2.ERROR_CODE_INTERNAL, message="x"),
+    progress_pb2.JobProgress(job_id="j"),
+    handshake_pb2.Hello(),
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_bodies, st.integers(min_value=0, max_value=6)), max_size=12))
+def test_any_answer_sequence_keeps_correlation_consistent(
+    answers: list[tuple[Message, int]],
+) -> None:
+    session, worker = ready_session()
+    out = session.check_paths("/l.slp", now=0.0)
+    answered = 0
+    for body, cid in answers:
+        for event in feed(session, worker.send(body, cid)):
+            if getattr(event, "request_id", None) == out.request_id:
+                answered += 1
+    assert answered <= 1
+    assert (out.request_id in session.pending) == (answered == 0)
+
+
+# ----------------------------------------------------------------------------- the asyncio adapter
+
+
+def _adapter_pair() -> tuple[Any, Any, Worker]:
+    from sleap_rtc.client.connection import WorkerConnection
+    from sleap_rtc.transport.link import memory_link_pair
+
+    client_end, worker_end = memory_link_pair()
+    return WorkerConnection(client_end, ClientSession(default_timeout_s=0.3)), worker_end, Worker()
+
+
+async def _answer_hello(worker_end: Any, worker: Worker) -> None:
+    [hello] = worker.read([await worker_end.recv()])
+    for frame in worker.send(ack(), hello.message_id):
+        await worker_end.send(frame)
+
+
+def test_adapter_timeout_then_late_answer_is_ignored() -> None:
+    import asyncio
+
+    from sleap_rtc.client.connection import RequestTimeout
+
+    async def main() -> None:
+        conn, worker_end, worker = _adapter_pair()
+        async with conn:
+            hello = asyncio.create_task(conn.hello())
+            await _answer_hello(worker_end, worker)
+            await hello
+            check = asyncio.create_task(conn.check_paths("/l.slp"))
+            [req] = worker.read([await worker_end.recv()])
+            with pytest.raises(RequestTimeout):
+                await check
+            for frame in worker.send(paths_pb2.PathCheckResult(), req.message_id):
+                await worker_end.send(frame)
+            await asyncio.sleep(0.05)
+            assert conn.violations[-1].reason == "late"
+            assert conn.session.pending == {}
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_adapter_link_closed_mid_request_and_events_iterator() -> None:
+    import asyncio
+
+    from sleap_rtc.client.connection import ConnectionLost
+
+    async def main() -> None:
+        conn, worker_end, worker = _adapter_pair()
+        hello = asyncio.create_task(conn.hello())
+        await _answer_hello(worker_end, worker)
+        await hello
+        for body in (
+            progress_pb2.JobProgress(job_id="other", sequence=1),
+            progress_pb2.JobProgress(job_id="j", sequence=1),
+            progress_pb2.JobLog(job_id="j", sequence=2, lines=["x"]),
+            progress_pb2.JobComplete(job_id="j", sequence=3),
+        ):
+            for frame in worker.send(body):
+                await worker_end.send(frame)
+        got = [type(e).__name__ async for e in conn.events("j", idle_timeout_s=2)]
+        assert got == ["ProgressReceived", "LogReceived", "JobCompleted"]
+        check = asyncio.create_task(conn.check_paths("/l.slp", timeout_s=5))
+        await worker_end.recv()
+        await worker_end.close()
+        with pytest.raises(ConnectionLost):
+            await check
+        with pytest.raises(ConnectionLost):
+            await conn.next_event(timeout_s=1)
+        with pytest.raises(ConnectionLost):
+            await conn.attach("j")
+        await conn.close()
+
+    asyncio.run(asyncio.wait_for(main(), 10))

@@ -1,0 +1,96 @@
+"""A capture of a real demo run (signaling, worker, WebRTC on loopback, stand-in trainer),
+decoded by `inspect cat`, `stats` and `timeline`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sleap_rtc.cli.inspect_cmd import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def demo_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("demo")
+    capture = tmp / "demo.mcap"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLEAP_RTC_")}
+    env.update(
+        SLEAP_RTC_CONFIG_DIR=str(tmp / "config"),
+        SLEAP_RTC_STATE_DIR=str(tmp / "state"),
+        TMPDIR=str(tmp),
+    )
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sleap_rtc.cli.main",
+                "demo",
+                "--fake-trainer",
+                "--capture",
+                str(capture),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            cwd=REPO,
+        )
+    except subprocess.TimeoutExpired:  # pragma: no cover - a slow machine
+        pytest.skip("the demo did not finish in time")
+    if done.returncode != 0:
+        pytest.skip(f"the demo itself failed here (rc {done.returncode}): {done.stderr[-500:]}")
+    assert capture.exists()
+    return capture
+
+
+def test_cat_decodes_the_demo(demo_capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cat", "--json", str(demo_capture)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    bodies = [r["body"] for r in rows]
+    for expected in (
+        "hello",
+        "hello_ack",
+        "path_check_request",
+        "path_check_result",
+        "job_submit",
+        "job_accepted",
+        "job_progress",
+        "job_complete",
+    ):
+        assert expected in bodies, (expected, bodies[:20])
+    assert bodies.index("hello") < bodies.index("job_submit") < bodies.index("job_complete")
+    assert all(r["kind"] == "protobuf" for r in rows), [r for r in rows if r["kind"] != "protobuf"][
+        :3
+    ]
+    hello = rows[bodies.index("hello")]
+    assert "token" not in hello["message"] or hello["message"]["token"].startswith("<jwt")
+    assert {r["direction"] for r in rows} == {"client_to_worker", "worker_to_client"}
+    submit = rows[bodies.index("job_submit")]
+    assert submit["message"]["spec"]["config_content"]
+
+
+def test_stats_of_the_demo(demo_capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", "--json", str(demo_capture)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["latency"]["hello"]["answers"] == {"hello_ack": 1}
+    assert stats["latency"]["path_check_request"]["count"] >= 1
+    assert stats["latency"]["job_submit"]["answers"] == {"job_accepted": 1}
+    assert stats["latency"]["job_submit"]["p50_ms"] > 0
+
+
+def test_timeline_of_the_demo(demo_capture: Path, tmp_path: Path) -> None:
+    out = tmp_path / "demo.html"
+    assert main(["timeline", str(demo_capture), "-o", str(out)]) == 0
+    html = out.read_text()
+    for body in ("hello", "path_check_result", "job_submit", "job_accepted", "job_complete"):
+        assert f'data-body="{body}"' in html

@@ -1,0 +1,440 @@
+"""WorkerSession (sans-IO): handshake, auth gate, correlation, and every bad frame typed."""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sleap_rtc.auth.tokens import Claims, TokenError
+from sleap_rtc.worker.session import (
+    HelloAccepted,
+    JobAttachRequested,
+    JobControlRequested,
+    JobSubmitted,
+    PathCheckRequested,
+    PeerError,
+    ProtocolViolation,
+    WorkerInfo,
+    WorkerSession,
+)
+from sleap_rtc_proto.codec import Envelope, body_of, make_envelope
+from sleap_rtc_proto.stream import MessageStream, split
+from sleap_rtc_proto.v1 import (
+    envelope_pb2,
+    error_pb2,
+    handshake_pb2,
+    job_pb2,
+    paths_pb2,
+    progress_pb2,
+    spec_pb2,
+)
+from sleap_rtc_proto.versions import SUPPORTED, Version
+
+E = error_pb2
+INFO = WorkerInfo(
+    worker_id="w1", software="sleap-rtc test", mounts=["/mnt/lab"], max_frame_bytes=4096
+)
+
+
+def claims(subject: str = "ann") -> Claims:
+    return Claims(subject, "lab", "sleap-rtc", "iss", 0.0, 1e12, "jti")
+
+
+def verifier(token: str) -> Claims:
+    if token == "good":
+        return claims()
+    if token == "old":
+        raise TokenError("expired", "token has expired; log in again")
+    raise TokenError("malformed", "token is not a JWT")
+
+
+def hello(
+    token: str = "good", lo: Version = SUPPORTED.min, hi: Version = SUPPORTED.max
+) -> handshake_pb2.Hello:
+    return handshake_pb2.Hello(
+        min_version=lo.to_proto(), max_version=hi.to_proto(), token=token, client_name="t"
+    )
+
+
+class Pair:
+    """A client MessageStream joined to a WorkerSession in memory."""
+
+    def __init__(self, verify: object = verifier) -> None:
+        self.worker = WorkerSession(INFO, verifier=verify, session_id="s1")  # type: ignore[arg-type]
+        self.client = MessageStream(max_frame_bytes=4096)
+        self.now = 0.0
+
+    def send(self, body: Message) -> tuple[int, list[object]]:
+        message_id, frames = self.client.send(body)
+        events: list[object] = []
+        for frame in frames:
+            events.extend(self.worker.receive(frame, self.now))
+        return message_id, events
+
+    def raw(self, frame: bytes) -> list[object]:
+        return self.worker.receive(frame, self.now)
+
+    def replies(self) -> list[Envelope]:
+        out = []
+        for frame in self.worker.data_to_send():
+            envelope = self.client.receive(frame, self.now)
+            if envelope is not None:
+                out.append(envelope)
+        return out
+
+    def reply(self) -> Envelope:
+        (envelope,) = self.replies()
+        return envelope
+
+    def authenticate(self) -> None:
+        _, events = self.send(hello())
+        assert isinstance(events[0], HelloAccepted)
+        self.replies()
+
+
+def error_of(envelope: Envelope) -> error_pb2.Error:
+    assert envelope.WhichOneof("body") == "error", envelope
+    body = body_of(envelope)
+    assert isinstance(body, error_pb2.Error)
+    return body
+
+
+# --- handshake -------------------------------------------------------------------------
+
+
+def test_hello_ack_reports_worker_and_subject() -> None:
+    pair = Pair()
+    mid, events = pair.send(hello())
+    (event,) = events
+    assert isinstance(event, HelloAccepted) and event.subject == "ann"
+    reply = pair.reply()
+    assert reply.correlation_id == mid and reply.WhichOneof("body") == "hello_ack"
+    ack = reply.hello_ack
+    assert ack.worker_id == "w1" and ack.subject == "ann" and ack.session_id == "s1"
+    assert Version.from_proto(ack.chosen_version) == SUPPORTED.max
+    assert list(ack.mounts) == ["/mnt/lab"] and ack.limits.max_frame_bytes == 4096
+    assert pair.worker.authenticated
+
+
+def test_auth_disabled_must_be_explicit_and_gives_no_subject() -> None:
+    pair = Pair(verify=None)
+    _, events = pair.send(hello(token=""))
+    assert isinstance(events[0], HelloAccepted) and events[0].subject == ""
+
+
+def test_bad_tokens_are_unauthenticated_with_the_reason() -> None:
+    pair = Pair()
+    for token, reason in (("old", "expired"), ("", "malformed"), ("junk", "malformed")):
+        mid, events = pair.send(hello(token))
+        assert isinstance(events[0], ProtocolViolation)
+        reply = pair.reply()
+        err = error_of(reply)
+        assert reply.correlation_id == mid
+        assert err.code == E.ERROR_CODE_UNAUTHENTICATED
+        assert err.details["reason"] == reason and reason in err.message
+    assert not pair.worker.authenticated
+    pair.authenticate()  # still usable
+
+
+def test_verifier_crash_is_internal_not_accepted() -> None:
+    def broken(token: str) -> Claims:
+        raise RuntimeError("boom")
+
+    pair = Pair(verify=broken)
+    pair.send(hello())
+    assert error_of(pair.reply()).code == E.ERROR_CODE_INTERNAL
+    assert not pair.worker.authenticated
+
+
+def test_no_common_version_names_both_ranges() -> None:
+    pair = Pair()
+    pair.send(hello(lo=Version(1, 5), hi=Version(1, 9)))
+    err = error_of(pair.reply())
+    assert err.code == E.ERROR_CODE_UNSUPPORTED_VERSION
+    assert str(SUPPORTED) in err.message and "1.5..1.9" in err.message
+    pair.send(hello(lo=Version(0, 0), hi=Version(0, 0)))
+    assert error_of(pair.reply()).code == E.ERROR_CODE_UNSUPPORTED_VERSION
+
+
+def test_commands_before_hello_are_refused_with_no_event() -> None:
+    pair = Pair()
+    bodies: list[Message] = [
+        paths_pb2.PathCheckRequest(labels_path="/a.slp"),
+        job_pb2.JobSubmit(
+            job_id="j", spec=spec_pb2.TrainJobSpec(labels_path="/a.slp", config_content="a: 1")
+        ),
+        job_pb2.JobControl(job_id="j", action=job_pb2.CONTROL_ACTION_CANCEL),
+        job_pb2.JobAttach(job_id="j"),
+        handshake_pb2.HelloAck(),
+    ]
+    for body in bodies:
+        mid, events = pair.send(body)
+        assert all(isinstance(e, ProtocolViolation) for e in events)
+        reply = pair.reply()
+        assert reply.correlation_id == mid
+        assert error_of(reply).code == E.ERROR_CODE_UNAUTHENTICATED
+    # An Error from an unauthenticated peer is dropped, never answered.
+    _, events = pair.send(error_pb2.Error(code=E.ERROR_CODE_INTERNAL, message="x"))
+    assert events == [] and pair.replies() == []
+
+
+def test_second_hello_is_unexpected() -> None:
+    pair = Pair()
+    pair.authenticate()
+    mid, _ = pair.send(hello())
+    reply = pair.reply()
+    assert reply.correlation_id == mid and error_of(reply).code == E.ERROR_CODE_UNEXPECTED
+    assert pair.worker.authenticated
+
+
+# --- requests after authentication -----------------------------------------------------
+
+
+def test_requests_become_events_with_correlation() -> None:
+    pair = Pair()
+    pair.authenticate()
+    spec = spec_pb2.TrainJobSpec(labels_path="/a.slp", config_content="model_config: {}")
+    cases: list[tuple[Message, type]] = [
+        (paths_pb2.PathCheckRequest(labels_path="/a.slp"), PathCheckRequested),
+        (job_pb2.JobSubmit(job_id="j1", spec=spec), JobSubmitted),
+        (job_pb2.JobControl(job_id="j1", action=job_pb2.CONTROL_ACTION_STOP), JobControlRequested),
+        (job_pb2.JobAttach(job_id="j1", after_sequence=4), JobAttachRequested),
+    ]
+    for body, kind in cases:
+        mid, events = pair.send(body)
+        (event,) = events
+        assert isinstance(event, kind) and event.correlation_id == mid
+    assert pair.replies() == []
+    status = job_pb2.JobStatus(job_id="j1", state=job_pb2.JOB_STATE_RUNNING)
+    sent = pair.worker.send_reply(7, status)
+    reply = pair.reply()
+    assert reply.correlation_id == 7 and reply.message_id == sent
+
+
+def test_invalid_requests_are_answered_not_handed_out() -> None:
+    pair = Pair()
+    pair.authenticate()
+    mid, events = pair.send(job_pb2.JobSubmit(job_id="bad id"))
+    assert isinstance(events[0], ProtocolViolation)
+    reply = pair.reply()
+    assert reply.correlation_id == mid and reply.WhichOneof("body") == "job_rejected"
+    assert {v.rule_id for v in reply.job_rejected.violations} == {
+        "job_id.format",
+        "job_submit.spec.required",
+    }
+    for body, rule in (
+        (job_pb2.JobControl(job_id="j"), "job_control.action.specified"),
+        (job_pb2.JobAttach(job_id=""), "job_id.format"),
+        (
+            paths_pb2.PathCheckRequest(path_mappings={"rel": "/x"}),
+            "path_check.labels_path.required",
+        ),
+    ):
+        mid, events = pair.send(body)
+        err = error_of(pair.reply())
+        assert err.code == E.ERROR_CODE_INVALID_ARGUMENT and err.details["rule_id"] == rule
+        assert isinstance(events[0], ProtocolViolation)
+
+
+def test_config_size_uses_the_workers_limit() -> None:
+    info = WorkerInfo(worker_id="w", max_config_bytes=10)
+    session = WorkerSession(info, verifier=None)
+    client = MessageStream()
+    session.receive(client.send(hello())[1][0], 0.0)
+    session.data_to_send()
+    spec = spec_pb2.TrainJobSpec(labels_path="/a.slp", config_content="model_config: {}")
+    _mid, frames = client.send(job_pb2.JobSubmit(job_id="j", spec=spec))
+    session.receive(frames[0], 0.0)
+    reply = client.receive(session.data_to_send()[0], 0.0)
+    assert reply is not None
+    assert reply.job_rejected.violations[0].rule_id == "spec.config_content.size"
+
+
+def test_wrong_direction_bodies_are_unexpected() -> None:
+    pair = Pair()
+    pair.authenticate()
+    for body in (
+        handshake_pb2.HelloAck(),
+        paths_pb2.PathCheckResult(),
+        job_pb2.JobAccepted(job_id="j"),
+        job_pb2.JobStatus(job_id="j"),
+        progress_pb2.JobProgress(job_id="j"),
+        progress_pb2.JobComplete(job_id="j"),
+    ):
+        mid, events = pair.send(body)
+        reply = pair.reply()
+        assert reply.correlation_id == mid and error_of(reply).code == E.ERROR_CODE_UNEXPECTED
+        assert isinstance(events[0], ProtocolViolation)
+
+
+def test_peer_error_is_an_event_not_answered() -> None:
+    pair = Pair()
+    pair.authenticate()
+    _, events = pair.send(error_pb2.Error(code=E.ERROR_CODE_INTERNAL, message="client broke"))
+    assert isinstance(events[0], PeerError) and events[0].error.message == "client broke"
+    assert pair.replies() == []
+
+
+def unknown_body_frame(message_id: int, field_number: int = 45) -> bytes:
+    head = make_envelope(job_pb2.JobAttach(job_id="x"), message_id=message_id).SerializeToString()
+    # Replace the known body with an unknown length-delimited field.
+    envelope = Envelope()
+    envelope.ParseFromString(head)
+    envelope.ClearField("job_attach")
+    tag = bytes([(field_number << 3 | 2) & 0x7F | 0x80, (field_number << 3 | 2) >> 7])
+    return envelope.SerializeToString() + tag + b"\x02hi"
+
+
+def test_unknown_body_is_answered_unknown_body() -> None:
+    pair = Pair()
+    pair.authenticate()
+    events = pair.raw(unknown_body_frame(99))
+    reply = pair.reply()
+    err = error_of(reply)
+    assert reply.correlation_id == 99 and err.code == E.ERROR_CODE_UNKNOWN_BODY
+    assert err.details["field_number"] == "45"
+    assert isinstance(events[0], ProtocolViolation)
+
+
+def test_malformed_and_oversize_frames() -> None:
+    pair = Pair()
+    pair.authenticate()
+    pair.raw(b"\xff\xff\xff garbage")
+    reply = pair.reply()
+    assert error_of(reply).code == E.ERROR_CODE_MALFORMED and reply.correlation_id == 0
+    no_version = Envelope(message_id=5)
+    no_version.job_attach.job_id = "j"
+    pair.raw(no_version.SerializeToString())
+    reply = pair.reply()
+    assert error_of(reply).code == E.ERROR_CODE_MALFORMED and reply.correlation_id == 5
+    no_body = make_envelope(job_pb2.JobAttach(job_id="j"), message_id=6)
+    no_body.ClearField("job_attach")
+    pair.raw(no_body.SerializeToString())
+    assert error_of(pair.reply()).code == E.ERROR_CODE_MALFORMED
+    pair.raw(b"\x00" * 5000)
+    err = error_of(pair.reply())
+    assert err.code == E.ERROR_CODE_TOO_LARGE
+    v2 = make_envelope(job_pb2.JobAttach(job_id="j"), message_id=8, version=Version(2, 0))
+    pair.raw(v2.SerializeToString())
+    reply = pair.reply()
+    assert error_of(reply).code == E.ERROR_CODE_UNSUPPORTED_VERSION and reply.correlation_id == 8
+    # Still usable.
+    _, events = pair.send(job_pb2.JobAttach(job_id="j"))
+    assert isinstance(events[0], JobAttachRequested)
+
+
+def test_fragmented_request_is_transparent() -> None:
+    pair = Pair()
+    pair.authenticate()
+    big = "model_config: {}\n" + "# pad\n" * 2000  # ~12 KB over 4 KB frames
+    spec = spec_pb2.TrainJobSpec(labels_path="/a.slp", config_content=big)
+    mid, events = pair.send(job_pb2.JobSubmit(job_id="j", spec=spec))
+    (event,) = events
+    assert isinstance(event, JobSubmitted) and event.correlation_id == mid
+    assert event.submit.spec.config_content == big
+    # Large answers are fragmented on the way out and reassembled by the client.
+    result = paths_pb2.PathCheckResult(mounts=["/m" * 3000])
+    pair.worker.send_reply(mid, result)
+    reply = pair.replies()
+    assert len(reply) == 1 and reply[0].path_check_result.mounts[0] == "/m" * 3000
+
+
+def test_fragment_errors_name_the_message_and_expire() -> None:
+    pair = Pair()
+    pair.authenticate()
+    data = make_envelope(job_pb2.JobAttach(job_id="j" * 200), message_id=50).SerializeToString()
+    frames = split(data, fragmented_message_id=50, next_message_id=51, max_frame_bytes=100)
+    assert len(frames) >= 2
+    pair.raw(frames[0])
+    pair.raw(frames[0])  # duplicated piece
+    reply = pair.reply()
+    assert error_of(reply).code == E.ERROR_CODE_FRAGMENT and reply.correlation_id == 50
+    pair.raw(frames[0])  # a fresh partial message that never completes
+    assert pair.replies() == []
+    pair.now = 1000.0
+    events = pair.worker.expire(pair.now)
+    assert len(events) == 1
+    reply = pair.reply()
+    assert error_of(reply).code == E.ERROR_CODE_FRAGMENT and "timed out" in error_of(reply).message
+    nested = make_envelope(
+        envelope_pb2.Fragment(fragmented_message_id=1, index=0, count=1, total_bytes=1, data=b"x"),
+        message_id=60,
+    )
+    pair.raw(nested.SerializeToString())
+    assert error_of(pair.reply()).code == E.ERROR_CODE_FRAGMENT
+
+
+# --- fuzz ----------------------------------------------------------------------------------
+
+
+def still_usable(pair: Pair) -> None:
+    if not pair.worker.authenticated:
+        pair.send(hello())
+        pair.replies()
+    mid, events = pair.send(job_pb2.JobAttach(job_id="probe"))
+    assert any(isinstance(e, JobAttachRequested) and e.correlation_id == mid for e in events)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(st.binary(max_size=300), max_size=5), authenticated=st.booleans())
+def test_random_bytes_never_crash(frames: list[bytes], authenticated: bool) -> None:
+    pair = Pair()
+    if authenticated:
+        pair.authenticate()
+    for frame in frames:
+        for event in pair.raw(frame):
+            assert not isinstance(event, JobSubmitted | PathCheckRequested) or authenticated
+        for envelope in pair.replies():
+            if envelope.WhichOneof("body") == "error":
+                assert envelope.error.code != E.ERROR_CODE_UNSPECIFIED
+    still_usable(pair)
+
+
+_text = st.text(max_size=20)
+_version = st.builds(Version, st.integers(0, 3), st.integers(0, 3))
+_bodies = st.one_of(
+    st.builds(
+        lambda t, a, b: hello(t, a, b),
+        st.sampled_from(["good", "old", "", "x"]),
+        _version,
+        _version,
+    ),
+    st.builds(lambda p: paths_pb2.PathCheckRequest(labels_path=p), _text),
+    st.builds(
+        lambda j, c, lp, e: job_pb2.JobSubmit(
+            job_id=j, spec=spec_pb2.TrainJobSpec(config_content=c, labels_path=lp, max_epochs=e)
+        ),
+        _text,
+        _text,
+        _text,
+        st.integers(0, 2**32 - 1),
+    ),
+    st.builds(lambda j, a: job_pb2.JobControl(job_id=j, action=a), _text, st.integers(0, 5)),
+    st.builds(
+        lambda j, s: job_pb2.JobAttach(job_id=j, after_sequence=s), _text, st.integers(0, 2**64 - 1)
+    ),
+    st.builds(lambda m: error_pb2.Error(code=E.ERROR_CODE_BUSY, message=m), _text),
+    st.just(handshake_pb2.HelloAck()),
+    st.just(progress_pb2.JobLog(job_id="j", lines=["x"])),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(_bodies, max_size=8))
+def test_random_valid_envelopes_never_crash(bodies: list[Message]) -> None:
+    pair = Pair()
+    for body in bodies:
+        was_authenticated = pair.worker.authenticated
+        mid, events = pair.send(body)
+        replies = pair.replies()
+        handed_out = [
+            e for e in events if not isinstance(e, ProtocolViolation | HelloAccepted | PeerError)
+        ]
+        if not was_authenticated:
+            assert handed_out == []  # nothing handled before authentication
+        if handed_out:
+            assert replies == []  # the service answers those
+        elif not isinstance(body, error_pb2.Error):
+            assert [r.correlation_id for r in replies] == [mid]
+    still_usable(pair)
