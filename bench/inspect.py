@@ -177,7 +177,7 @@ def time_cat_json(path: Path, jobs: int = 1) -> tuple[int, float, int, float]:
     cpu = time.process_time()
     start = time.perf_counter()
     reader = CaptureReader([path])
-    n = write_json(reader.json_lines(jobs), cast(TextIO, sink), 0)
+    n = write_json(reader.json_batches(jobs), cast(TextIO, sink), 0)
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
     assert not reader.problems, reader.problems
@@ -255,6 +255,14 @@ def _verdict(rate: float) -> str:
     return "PASS" if rate >= BAR_MSG_PER_S else "BELOW BAR"
 
 
+def calibrate() -> float:
+    """ms for an empty 1M-iteration Python loop: how busy the machine is right now."""
+    start = time.perf_counter()
+    for _ in range(1_000_000):
+        pass
+    return (time.perf_counter() - start) * 1e3
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.inspect", description=__doc__)
     parser.add_argument("--messages", type=int, default=1_000_000)
@@ -267,21 +275,24 @@ def main(argv: list[str] | None = None) -> int:
         built = build_capture(capture, args.messages)
         size = os.path.getsize(capture)
         print(f"capture: {args.messages:,} messages, {size / 1e6:.1f} MB, built in {built:.1f} s")
+        before = calibrate()
         n, elapsed, out_bytes, cpu = time_cat_json(capture)
         rate, cpu_rate = n / elapsed, n / cpu
         print(
             f"inspect cat --json, one process: {n:,} records in {elapsed:.2f} s wall = "
             f"{rate:,.0f} msg/s [bar {BAR_MSG_PER_S:,}: {_verdict(rate)}]; {cpu:.2f} s CPU = "
             f"{cpu_rate:,.0f} msg/s per core [{_verdict(cpu_rate)}] "
-            f"({out_bytes / 1e6:.0f} MB of JSON)"
+            f"({out_bytes / 1e6:.0f} MB of JSON; calibration {before:.0f}/{calibrate():.0f} ms)"
         )
         jobs = os.cpu_count() or 1
         if jobs > 1:
+            before = calibrate()
             n, elapsed, _, cpu = time_cat_json(capture, jobs)
             print(
-                f"inspect cat --json --jobs {jobs}: {n:,} records in {elapsed:.2f} s wall = "
-                f"{n / elapsed:,.0f} msg/s [{_verdict(n / elapsed)}]; the ordering process used "
-                f"{cpu:.2f} s CPU ({n / cpu:,.0f} msg/s ceiling)"
+                f"inspect cat --json --jobs {jobs} (the default for captures over 16 MB): "
+                f"{n:,} records in {elapsed:.2f} s wall = {n / elapsed:,.0f} msg/s "
+                f"[{_verdict(n / elapsed)}]; the ordering process used {cpu:.2f} s CPU "
+                f"(calibration {before:.0f}/{calibrate():.0f} ms)"
             )
         bare_ns, rec_ns, drain_ns = time_recorder(args.recorder_messages, tmp)
         print(
@@ -290,14 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             "thread); the writer thread's own work (classify, redact, MCAP) "
             f"{drain_ns:,.0f} ns CPU/msg"
         )
-        # Calibration: how fast this machine runs plain Python.
-        start = time.perf_counter()
-        for _ in range(1_000_000):
-            pass
         print(
-            "calibration: an empty 1M-iteration Python loop takes "
-            f"{(time.perf_counter() - start) * 1e3:.0f} ms "
-            "here (about 15-25 ms on a current desktop)"
+            f"calibration: an empty 1M-iteration Python loop takes {calibrate():.0f} ms "
+            "here (about 15-25 ms on a current desktop; more means a busy machine)"
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

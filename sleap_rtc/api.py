@@ -162,7 +162,11 @@ def run_training(
         progress: progress sinks; ``lossviewer=True`` adds SLEAP's LossViewer
             bridge on ``publish_port`` / ``controller_port``.
         follow: follow the job to its end (False: return once accepted).
-        retry_job_id: resubmit after "Connection lost. Try again." (safe).
+        retry_job_id: retry after "Connection lost. Try again." with the lost
+            result's ``job_id``: a job the worker already has is followed (not
+            checked or submitted again); one it never got is checked and submitted.
+        timeouts: per-step limits, e.g. how fast a silent worker counts as lost
+            (``FlowTimeouts(probe_after_s=..., probe_timeout_s=...)``).
         connect / auth: injected transport and login (tests, embedding).
 
     Returns:

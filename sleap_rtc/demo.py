@@ -152,12 +152,27 @@ def real_trainer_command() -> list[str]:
     return [sys.executable, "-m", "sleap_nn.cli", "train"]
 
 
+#: The test suite's stand-in trainer: in a source checkout only (not in the wheel).
+FAKE_TRAINER_SCRIPT = Path(__file__).resolve().parents[1] / "tests" / "support" / "fake_sleap_nn.py"
+
+
+class FakeTrainerMissing(FileNotFoundError):
+    """``--fake-trainer`` was asked for outside a source checkout."""
+
+
 def fake_trainer_command() -> list[str]:
-    """The stand-in trainer script of the test suite (a source checkout only)."""
-    script = Path(__file__).resolve().parents[1] / "tests" / "support" / "fake_sleap_nn.py"
+    """The stand-in trainer script of the test suite (a source checkout only).
+
+    Raises:
+        FakeTrainerMissing: with a one-line message saying what to do instead.
+    """
+    script = FAKE_TRAINER_SCRIPT
     if not script.is_file():
-        raise FileNotFoundError(
-            f"the stand-in trainer {script} is not here (it ships with a source checkout)"
+        raise FakeTrainerMissing(
+            f"--fake-trainer is for development: it needs the test suite's stand-in trainer "
+            f"({script}), which only a source checkout of sleap-rtc has. Install sleap-nn "
+            "(pip install 'sleap-rtc[train]') and run the demo without it, or pass "
+            "--trainer-command."
         )
     return [sys.executable, str(script), "train"]
 
@@ -357,7 +372,8 @@ async def _run(
         stop.set()
         if worker_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(worker_task, 30.0)
+                async with asyncio.timeout(30.0):  # then the worker task is cancelled
+                    await worker_task
         await server.close()
         if writer is not None:
             await writer.aclose()

@@ -107,6 +107,37 @@ def test_demo_in_memory(tmp_path: Path) -> None:
     _check_demo_output(result.stdout)
 
 
+def test_fake_trainer_outside_a_source_checkout_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sleap_rtc.demo
+    from sleap_rtc.cli import main as cli_main
+    from sleap_rtc.cli.exits import ExitCode
+
+    monkeypatch.setenv("SLEAP_RTC_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("SLEAP_RTC_STATE_DIR", str(tmp_path / "state"))
+    missing = tmp_path / "site-packages" / "tests" / "support" / "fake_sleap_nn.py"
+    monkeypatch.setattr(sleap_rtc.demo, "FAKE_TRAINER_SCRIPT", missing)
+    work = tmp_path / "work"
+    code = cli_main.main(["demo", "--fake-trainer", "--workdir", str(work)])
+    err = capsys.readouterr().err
+    assert code == ExitCode.USAGE
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("sleap-rtc demo: error: --fake-trainer is for development")
+    assert str(missing) in err and "source checkout" in err
+    assert not work.exists()  # nothing was started or written
+
+
+def test_fake_trainer_help_says_it_is_for_development(capsys: pytest.CaptureFixture[str]) -> None:
+    from sleap_rtc.cli import main as cli_main
+
+    with pytest.raises(SystemExit):
+        cli_main.main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--fake-trainer for development" in help_text
+    assert "source checkout" in help_text
+
+
 @pytest.mark.train
 def test_demo_trains_a_real_model(tmp_path: Path) -> None:
     pytest.importorskip("sleap_nn")

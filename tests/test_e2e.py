@@ -35,6 +35,8 @@ T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = REPO / "tests" / "support" / "fake_sleap_nn.py"
+#: The stand-in trainer, paced by the test (``fake.hold_file``): see its docstring.
+PACED = REPO / "tests" / "support" / "paced_trainer.py"
 PY = sys.executable
 CLI = [PY, "-m", "sleap_rtc.cli.main"]
 COULD_NOT_CONNECT = "Could not connect to worker. Check that the worker is running."
@@ -175,7 +177,7 @@ class Lab:
         return proc
 
     def start_worker(
-        self, name: str, state: Path, *extra: str, room: str = "lab"
+        self, name: str, state: Path, *extra: str, room: str = "lab", trainer: Path = FAKE
     ) -> tuple[Proc, str]:
         ready = self.root / f"{name}-{uuid.uuid4().hex[:6]}.id"
         proc = self.start(
@@ -193,7 +195,7 @@ class Lab:
             f"lab-share={self.data.share}",
             "--loopback",
             "--trainer-command",
-            f"{PY} {FAKE} train",
+            f"{PY} {trainer} train",
             "--state-dir",
             str(state),
             "--ready-file",
@@ -204,10 +206,17 @@ class Lab:
         return proc, peer
 
     def training_config(
-        self, *, epochs: int = 2, batches: int = 3, batch_sleep: float = 0.01
+        self,
+        *,
+        epochs: int = 2,
+        batches: int = 3,
+        batch_sleep: float = 0.01,
+        hold_file: Path | None = None,
     ) -> Path:
         text = training_config_yaml(str(self.data.labels_path))
         text += f"fake:\n  epochs: {epochs}\n  batches: {batches}\n  batch_sleep: {batch_sleep}\n"
+        if hold_file is not None:  # the paced trainer waits for it after epoch 0
+            text += f"  hold_file: {hold_file}\n  hold_after_epoch: 0\n"
         path = self.root / f"config-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(text)
         return path
@@ -484,38 +493,155 @@ def test_second_client_in_another_room_cannot_see_or_reach_the_worker(lab: Lab) 
 # ----------------------------------------------------------------------------- mid-job
 
 
+def worker_status(lab: Lab, name: str) -> str:
+    """The status ``sleap-rtc workers`` shows for the worker called ``name``."""
+    listed = lab.cli("workers", "--json", *lab.client_args())
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    return next(str(w["status"]) for w in json.loads(listed.stdout) if w["name"] == name)
+
+
 def test_connection_dropped_mid_job_then_reattach(lab: Lab) -> None:
-    config = lab.training_config(epochs=4, batches=8, batch_sleep=0.15)
-    job_id = f"job-{uuid.uuid4().hex}"
-    args = [
-        "train",
-        str(lab.data.labels_path),
-        "-t",
-        str(config),
-        "--yes",
-        "--job-id",
-        job_id,
-        *lab.client_args(),
-    ]
-    first = lab.start("client-drop", *args)
-    first.wait_output(r"epoch 1: ", 60)
-    first.kill_group(signal.SIGKILL)  # the connection drops with the client
-    first.wait(10)
-    assert "Training ended" not in first.output()
+    """The trainer holds after epoch 1 until the second client has re-attached, so the job
+    is still running then however slow the machine is (nothing here races a clock)."""
+    gate = lab.root / f"release-{uuid.uuid4().hex[:6]}"
+    worker, _ = lab.start_worker("reattach", lab.root / "reattach-state", trainer=PACED)
+    try:
+        config = lab.training_config(epochs=4, batches=4, batch_sleep=0.02, hold_file=gate)
+        job_id = f"job-{uuid.uuid4().hex}"
+        args = [
+            "train",
+            str(lab.data.labels_path),
+            "-t",
+            str(config),
+            "--yes",
+            "--job-id",
+            job_id,
+            "--worker",
+            "reattach",
+            *lab.client_args(),
+        ]
+        first = lab.start("client-drop", *args)
+        first.wait_output(r"epoch 1: ", 60)
+        first.kill_group(signal.SIGKILL)  # the connection drops with the client
+        first.wait(10)
+        assert "Training ended" not in first.output()
+        wait_for(lambda: worker_status(lab, "reattach") == "busy", 30, "busy", interval=0.2)
+        again = lab.start("client-again", *args)
+        again.wait_output(r"running on the worker: re-attached", 60)
+        gate.touch()  # now the job may go on
+        assert again.wait(60) == 0, again.output()
+        out = again.output()
+        for epoch in range(1, 5):
+            assert f"epoch {epoch}: " in out  # the missed progress is replayed, the rest follows
+        assert out.count("epoch 1: ") == 1  # ...once
+        assert "Training ended." in out
+        wait_for(
+            lambda: worker_status(lab, "reattach") == "available", 30, "available", interval=0.2
+        )
+    finally:
+        gate.touch()
+        worker.stop()
 
-    def status() -> str:
-        listed = lab.cli("workers", "--json", *lab.client_args())
-        return str(json.loads(listed.stdout)[0]["status"])
 
-    wait_for(lambda: status() == "busy", 20, "the worker to show busy", interval=0.5)
-    again = lab.cli(*args, timeout=120)
-    assert again.returncode == 0, again.stdout + again.stderr
-    out = again.stdout
-    assert "running on the worker: re-attached" in out
-    for epoch in range(1, 5):
-        assert f"epoch {epoch}: " in out  # the missed progress is replayed, the rest follows
-    assert "Training ended." in out
-    wait_for(lambda: status() == "available", 20, "the worker to show available", interval=0.5)
+def test_workers_shows_busy_during_a_job_and_available_after(lab: Lab) -> None:
+    gate = lab.root / f"release-{uuid.uuid4().hex[:6]}"
+    worker, _ = lab.start_worker("status", lab.root / "status-state", trainer=PACED)
+    try:
+        assert worker_status(lab, "status") == "available"
+        config = lab.training_config(epochs=2, batches=2, hold_file=gate)
+        submit = lab.cli(
+            "train",
+            str(lab.data.labels_path),
+            "-t",
+            str(config),
+            "--yes",
+            "--detach",
+            "--worker",
+            "status",
+            *lab.client_args(),
+        )
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        # The trainer holds after its first epoch, so the job runs until released.
+        wait_for(lambda: worker_status(lab, "status") == "busy", 30, "busy", interval=0.2)
+        listed = lab.cli("workers", *lab.client_args())
+        assert re.search(r"status\s.*busy", listed.stdout, re.S), listed.stdout
+        gate.touch()
+        wait_for(lambda: worker_status(lab, "status") == "available", 30, "available", interval=0.2)
+    finally:
+        gate.touch()
+        worker.stop()
+
+
+class LossViewerStandIn:
+    """Binds like SLEAP's LossViewer: a SUB on one free loopback port (progress comes
+    in) and a PUB on another (Stop goes out); a thread polls the SUB like its QTimer."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.publish_port = self.sub.bind_to_random_port("tcp://127.0.0.1")
+        self.ctl = self.ctx.socket(zmq.PUB)
+        self.controller_port = self.ctl.bind_to_random_port("tcp://127.0.0.1")
+        self.messages: list[dict[str, object]] = []
+        self._running = True
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        import zmq
+
+        while self._running:
+            if self.sub.poll(20, zmq.POLLIN):
+                while self.sub.poll(0, zmq.POLLIN):
+                    self.messages.append(json.loads(self.sub.recv_string()))
+
+    def close(self) -> None:
+        self._running = False
+        self._thread.join(5)
+        self.sub.close(linger=0)
+        self.ctl.close(linger=0)
+        self.ctx.term()
+
+
+def test_train_republishes_progress_to_the_lossviewer(lab: Lab) -> None:
+    viewer = LossViewerStandIn()
+    try:
+        result = lab.cli(
+            "train",
+            str(lab.data.labels_path),
+            "-t",
+            str(lab.training_config(epochs=3, batches=2)),
+            "--yes",
+            "--quiet",
+            "--lossviewer",
+            str(viewer.publish_port),
+            str(viewer.controller_port),
+            *lab.client_args(),
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        wait_for(
+            lambda: any(m["event"] == "train_end" for m in viewer.messages),
+            10,
+            "train_end at the LossViewer",
+        )
+    finally:
+        viewer.close()
+    messages = viewer.messages
+    ends = [m for m in messages if m["event"] == "epoch_end"]
+    assert messages[0]["event"] == "train_begin"  # LossViewer drops everything before it
+    assert messages[0]["what"] == ""
+    assert sum(m["event"] == "train_begin" for m in messages) == 1
+    assert [m["epoch"] for m in ends] == [0, 1, 2]
+    for end in ends:
+        logs = end["logs"]
+        assert isinstance(logs, dict) and {"train/loss", "val/loss"} <= set(logs)
+    assert messages[-1]["event"] == "train_end"
 
 
 def test_ctrl_c_stops_early_and_keeps_the_checkpoint(lab: Lab) -> None:

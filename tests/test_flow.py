@@ -642,24 +642,6 @@ def _seq(event: Any) -> int:
     raise AssertionError(event)
 
 
-def test_reorder_releases_in_sequence_and_skips_stale_gaps() -> None:
-    from sleap_rtc.client.flow import _Reorder
-
-    now = [0.0]
-    order = _Reorder(lambda: now[0])
-
-    def ev(seq: int) -> ProgressReceived:
-        return ProgressReceived(progress_pb2.JobProgress(job_id="j", sequence=seq))
-
-    assert [_seq(e) for e in order.add(ev(2))] == []
-    assert [_seq(e) for e in order.add(ev(1))] == [1, 2]
-    assert order.add(ev(2)) == [] and order.add(ev(1)) == []  # duplicates dropped
-    assert order.add(ev(5)) == []
-    now[0] = 10.0  # 3 and 4 are gone for good: skip ahead
-    assert [_seq(e) for e in order.expire()] == [5]
-    assert order.delivered == 5
-
-
 def test_row_job_failed_during_training_gives_details(lab: Lab) -> None:
     """Seed: JOB_FAILED during training -> error popup with the failure details."""
     labels = make_labels(lab.project / "labels.slp", [lab.video_a])
@@ -861,3 +843,132 @@ def test_async_resolver_is_awaited(lab: Lab) -> None:
             config=fake_config(), labels_path=str(labels))
 
     assert with_worker(lab, body).ok
+
+
+# ----------------------------------------------------------------------------- retry and binding
+
+
+def client_bodies(link: MemoryLink) -> list[str]:
+    """The bodies the client sent on ``link``, in order."""
+    out = []
+    for frame in link.sent:
+        try:
+            out.append(decode(frame).WhichOneof("body") or "")
+        except Exception:
+            out.append("")
+    return out
+
+
+def test_retry_of_a_known_job_attaches_without_a_second_check_or_submit(lab: Lab) -> None:
+    """The retry's mappings differ (new saved rules): no conflict, the job is followed."""
+    labels = make_labels(lab.project / "labels.slp", ["/Volumes/share/data/a.h5"])
+    sink = Recorder()
+    first_rule = {"/Volumes/share/data": str(lab.data)}
+    changed_rule = {"/Volumes/share": str(lab.mnt)}  # same files, different mappings
+
+    async def body(h: Harness) -> tuple[FlowResult, FlowResult, int]:
+        config = fake_config(epochs=2, batches=5, batch_sleep=0.05)
+        h.on_link = drop_job_accepted
+        lost = await flow_for(h).run(config=config, labels_path=str(labels),
+                                     prefix_mappings=first_rule)
+        h.on_link = None
+        retry = await flow_for(h, sinks=[sink]).run(
+            config=config, labels_path=str(labels), prefix_mappings=changed_rule,
+            retry_job_id=lost.job_id)
+        return lost, retry, len(h.jobs())
+
+    lost, retry, jobs = with_worker(lab, body)
+    assert lost.message == CONNECTION_LOST and lost.stage == "submit"
+    assert retry.ok, retry
+    assert retry.job_id == lost.job_id and jobs == 1
+    assert retry.accepted is not None and retry.accepted.duplicate
+    assert retry.accepted.run_dir
+    assert retry.check is None  # nothing was checked again
+    assert not retry.violations
+    assert isinstance(sink.events[-1], JobCompleted)
+    assert [_seq(e) for e in sink.events] == list(range(1, len(sink.events) + 1))
+
+
+def test_retry_known_job_sends_only_attach(lab: Lab) -> None:
+    labels = make_labels(lab.project / "labels.slp", [lab.video_a])
+
+    async def body(h: Harness) -> tuple[FlowResult, list[str]]:
+        h.on_link = drop_job_accepted
+        lost = await flow_for(h).run(config=fake_config(), labels_path=str(labels))
+        h.on_link = None
+        retry = await flow_for(h, follow_progress=False).run(
+            config=fake_config(), labels_path=str(labels), retry_job_id=lost.job_id)
+        return retry, client_bodies(h.links[1])
+
+    retry, bodies = with_worker(lab, body)
+    assert retry.ok and retry.stage == "submit", retry
+    assert bodies == ["hello", "job_attach"]
+
+
+def test_retry_of_a_job_the_worker_never_got_checks_and_submits_it(lab: Lab) -> None:
+    """The JobSubmit was lost on the way: the attach answers NOT_FOUND, then check + submit."""
+    labels = make_labels(lab.project / "labels.slp", [lab.video_a])
+
+    def lose_the_submit(client_end: MemoryLink, worker_end: MemoryLink) -> None:
+        def drop(frame: bytes) -> bool:
+            if decode(frame).WhichOneof("body") == "job_submit":
+                asyncio.get_running_loop().call_soon(
+                    lambda: asyncio.ensure_future(client_end.close()))
+                return True
+            return False
+
+        client_end.drop = drop
+
+    async def body(h: Harness) -> tuple[FlowResult, FlowResult, int, list[str]]:
+        h.on_link = lose_the_submit
+        lost = await flow_for(h).run(config=fake_config(), labels_path=str(labels))
+        assert h.jobs() == []
+        h.on_link = None
+        retry = await flow_for(h).run(config=fake_config(), labels_path=str(labels),
+                                      retry_job_id=lost.job_id)
+        return lost, retry, len(h.jobs()), client_bodies(h.links[1])
+
+    lost, retry, jobs, bodies = with_worker(lab, body)
+    assert lost.message == CONNECTION_LOST and lost.stage == "submit"
+    assert retry.ok and retry.stage == "done", retry
+    assert retry.job_id == lost.job_id and jobs == 1
+    assert retry.accepted is not None and not retry.accepted.duplicate
+    assert retry.check is not None and retry.check_token
+    assert bodies[:4] == ["hello", "job_attach", "path_check_request", "job_submit"]
+
+
+def test_submit_carries_exactly_the_mappings_of_the_passing_check(lab: Lab) -> None:
+    """The check token binds the submit to the last passing check's mappings: the submit
+    carries those exactly (video path_mappings, prefix_mappings), minus the labels file's
+    own mapping, which became labels_path."""
+    client_labels = "/Users/me/project/labels.slp"
+    labels = make_labels(lab.project / "labels.slp",
+                         ["/Users/me/data/a.h5", "/Volumes/share/data/b.h5"])
+    given = {client_labels: str(labels), "/Users/me/data/a.h5": lab.video_a}
+    resolved_prefix = {"/Volumes/share/data": str(lab.data)}
+    unused = {"/Elsewhere": str(lab.mnt / "other")}  # matches nothing; still bound and sent
+
+    async def body(h: Harness) -> tuple[FlowResult, list[Any]]:
+        flow = flow_for(h, follow_progress=False,
+                        resolver=lambda view: Resolution(prefix_mappings=resolved_prefix))
+        result = await flow.run(config=fake_config(), labels_path=client_labels,
+                                path_mappings=given, prefix_mappings=unused)
+        return result, [decode(f) for f in h.links[0].sent]
+
+    result, sent = with_worker(lab, body)
+    assert result.ok, result
+    checks = [e.path_check_request for e in sent if e.WhichOneof("body") == "path_check_request"]
+    [submit] = [e.job_submit for e in sent if e.WhichOneof("body") == "job_submit"]
+    final_check = checks[-1]
+    assert len(checks) == 2  # the first missed b.h5; the resolution was re-checked
+    expected_paths = {k: v for k, v in final_check.path_mappings.items() if k != client_labels}
+    assert dict(submit.spec.path_mappings) == expected_paths
+    assert dict(submit.spec.prefix_mappings) == dict(final_check.prefix_mappings)
+    assert client_labels in final_check.path_mappings
+    assert client_labels not in submit.spec.path_mappings
+    assert submit.spec.labels_path == str(labels)
+    assert expected_paths == {"/Users/me/data/a.h5": lab.video_a}
+    assert dict(submit.spec.prefix_mappings) == {**unused, **resolved_prefix}
+    assert dict(result.path_mappings) == expected_paths
+    assert dict(result.prefix_mappings) == dict(submit.spec.prefix_mappings)
+    assert submit.check_token == result.check_token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,47 @@ def test_many_files(tmp_path: Path) -> None:
     assert len(index.lookup("f7.dat")) == 50
     assert index.last_build_s > 0
     assert len(index.memo) == 0
+
+
+def test_refresh_stopped_leaves_the_index_as_it_was(mount: Path) -> None:
+    index = FileIndex(MountPolicy([mount]))
+    stop = threading.Event()
+    stop.set()
+    assert index.refresh(stop=stop) is False
+    assert not index.built
+    assert index.refresh() is True and index.built
+    count = index.file_count
+    (mount / "c" / "new.mp4").write_bytes(b"")
+    assert index.refresh(stop=stop) is False
+    assert index.file_count == count and index.lookup("new.mp4") == ()
+
+
+def test_lookups_during_a_build_wait_for_it_instead_of_walking_again(
+    mount: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = FileIndex(MountPolicy([mount]))
+    started, release = threading.Event(), threading.Event()
+    walks: list[int] = []
+    build = FileIndex._build
+
+    def slow(self: FileIndex, stop: threading.Event | None = None) -> object:
+        walks.append(1)
+        started.set()
+        assert release.wait(10)
+        return build(self, stop)
+
+    monkeypatch.setattr(FileIndex, "_build", slow)
+    warm = threading.Thread(target=index.refresh)
+    warm.start()
+    assert started.wait(10)
+    found: list[int] = []
+    lookups = [
+        threading.Thread(target=lambda: found.append(len(index.lookup("cam.mp4"))))
+        for _ in range(3)
+    ]
+    for t in lookups:
+        t.start()
+    release.set()
+    for t in [warm, *lookups]:
+        t.join(10)
+    assert found == [2, 2, 2] and len(walks) == 1

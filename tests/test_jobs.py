@@ -14,7 +14,7 @@ from slp_factory import make_h5_video, make_labels
 from sleap_rtc.worker.jobs import IntakeConfig, Job, JobRegistry, spec_hash
 from sleap_rtc.worker.mounts import MountPolicy
 from sleap_rtc.worker.pathcheck import PathChecker
-from sleap_rtc.worker.trainer import ProgressUpdate, RunResult
+from sleap_rtc.worker.trainer import ProgressUpdate, RunResult, build_command
 from sleap_rtc.worker.worker_class import handle_job_submit, spec_from_json
 from sleap_rtc_proto.v1 import error_pb2, job_pb2, paths_pb2, progress_pb2, spec_pb2
 
@@ -38,7 +38,7 @@ class World:
             policy=self.policy,
             state_dir=self.state,
             runs_dir=self.mnt / "runs",
-            token_check=lambda t, lp: self.checker.verify_check_token(t, labels_path=lp),
+            token_check=self.checker.verify_check_token,
         )
         base.update(kw)
         registry = JobRegistry(IntakeConfig(**base))
@@ -362,6 +362,142 @@ def test_run_name_from_spec_or_config(world: World) -> None:
     _, b = registry.submit_job(world.submit("b", config_content=cfg))
     assert a is not None and a.plan.run_name == "mine"
     assert b is not None and b.plan.run_name == "from_cfg"
+
+
+def test_run_dir_is_runs_dir_slash_name_not_doubled(world: World) -> None:
+    registry = world.registry(max_concurrent_jobs=5)
+    runs = world.mnt / "runs"
+    answer, job = registry.submit_job(world.submit("job-1"))
+    assert isinstance(answer, V.JobAccepted) and job is not None
+    assert job.run_dir == runs / "job-1"  # not runs/job-1/job-1
+    assert answer.run_dir == str(runs / "job-1")
+    assert job.plan.ckpt_dir == runs and job.plan.run_name == "job-1"
+    assert job.run_dir.is_dir()  # made at acceptance: the name is reserved
+    assert sorted(p.name for p in runs.iterdir()) == ["job-1"]
+
+
+def test_run_dir_taken_gets_a_suffix_and_stays_exact(world: World) -> None:
+    registry = world.registry(max_concurrent_jobs=5)
+    runs = world.mnt / "runs"
+    (runs / "old").mkdir(parents=True)  # e.g. the same job id before a worker restart
+    (runs / "old-1").write_text("a file takes the name too")
+    _, a = registry.submit_job(world.submit("old"))
+    _, b = registry.submit_job(world.submit("b", run_name="mine"))
+    answer, c = registry.submit_job(world.submit("c", run_name="mine"))
+    assert a is not None and a.run_dir == runs / "old-2" and a.plan.run_name == "old-2"
+    assert b is not None and b.run_dir == runs / "mine"
+    assert c is not None and c.run_dir == runs / "mine-1"
+    assert answer.run_dir == str(c.run_dir) == str(c.plan.ckpt_dir / c.plan.run_name)  # type: ignore[union-attr]
+    assert "++trainer_config.run_name='mine-1'" in build_command(
+        ("t",), c.plan, publish_port=1, controller_port=2
+    )
+
+
+def test_run_dir_failure_leaves_no_temp_config(world: World) -> None:
+    (world.mnt / "runs").write_text("not a folder")
+    answer, job = world.registry().submit_job(world.submit())
+    assert isinstance(answer, error_pb2.Error) and job is None
+    assert answer.code == error_pb2.ERROR_CODE_INTERNAL and "run folder" in answer.message
+    assert world.configs() == []
+
+
+# --- the check token binds the submit's mappings ----------------------------------------------
+
+
+@dataclass
+class Mapped:
+    """A labels file whose video is found only through an exact mapping."""
+
+    labels: Path
+    video: Path
+    other: Path
+    request: paths_pb2.PathCheckRequest
+
+
+@pytest.fixture
+def mapped(world: World) -> Mapped:
+    video = Path(make_h5_video(world.mnt / "videos" / "cam1.h5"))
+    other = Path(make_h5_video(world.mnt / "videos" / "cam2.h5"))
+    labels = make_labels(world.mnt / "proj" / "labels.slp", ["/Users/me/vids/cam1.h5"])
+    request = paths_pb2.PathCheckRequest(
+        labels_path="/Users/me/labels.slp",
+        path_mappings={
+            "/Users/me/labels.slp": str(labels),
+            "/Users/me/vids/cam1.h5": str(video),
+        },
+        prefix_mappings={"/Users/me/old": str(world.mnt / "videos")},
+    )
+    return Mapped(labels, video, other, request)
+
+
+def submit_mapped(
+    world: World, m: Mapped, job_id: str, exact: dict[str, str], prefix: dict[str, str]
+) -> V.JobSubmit:
+    result = world.checker.check(m.request)
+    assert result.check_token, result
+    return world.submit(
+        job_id,
+        token=result.check_token,
+        labels_path=result.labels.worker_path,
+        path_mappings=exact,
+        prefix_mappings=prefix,
+    )
+
+
+def test_submit_with_the_checked_video_mappings_passes(world: World, mapped: Mapped) -> None:
+    registry = world.registry(max_concurrent_jobs=5)
+    prefix = dict(mapped.request.prefix_mappings)
+    video_only = {"/Users/me/vids/cam1.h5": str(mapped.video)}
+    # The labels mapping was checked but is absent from the submit (the client drops it).
+    answer, job = registry.submit_job(submit_mapped(world, mapped, "ok", video_only, prefix))
+    assert isinstance(answer, V.JobAccepted), answer
+    assert job is not None and job.plan.video_path_map == tuple(video_only.items())
+    # Repeating the labels mapping is harmless too.
+    both = dict(mapped.request.path_mappings)
+    again = registry.submit(submit_mapped(world, mapped, "ok2", both, prefix))
+    assert isinstance(again, V.JobAccepted), again
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ("extra", "'/Users/me/vids/cam2.h5' -> "),
+        ("different", "now points to"),
+        ("missing", "of the path check is missing"),
+        ("prefix", "prefix mapping '/Users/me/old'"),
+        ("labels_elsewhere", "'/Users/me/labels.slp' -> "),
+    ],
+)
+def test_submit_with_other_mappings_is_a_stale_check(
+    world: World, mapped: Mapped, change: str, words: str
+) -> None:
+    exact = {"/Users/me/vids/cam1.h5": str(mapped.video)}
+    prefix = dict(mapped.request.prefix_mappings)
+    if change == "extra":
+        exact["/Users/me/vids/cam2.h5"] = str(mapped.other)
+    elif change == "different":
+        exact["/Users/me/vids/cam1.h5"] = str(mapped.other)
+    elif change == "missing":
+        exact.clear()
+    elif change == "prefix":
+        prefix.clear()
+    else:  # the labels key mapped to another file is not the labels mapping
+        exact["/Users/me/labels.slp"] = str(mapped.other)
+    answer = world.registry().submit(submit_mapped(world, mapped, "j", exact, prefix))
+    assert isinstance(answer, V.JobRejected), answer
+    stale = [v for v in answer.violations if v.rule_id == "worker.check_token.stale"]
+    assert len(stale) == 1 and len(answer.violations) == 1, answer
+    assert stale[0].code == V.VIOLATION_CODE_STALE_CHECK
+    assert "mappings differ from the checked ones" in stale[0].message
+    assert words in stale[0].message, stale[0].message
+    assert world.configs() == []
+
+
+def test_token_from_a_check_without_mappings_refuses_a_submit_with_some(world: World) -> None:
+    extra = Path(make_h5_video(world.mnt / "x" / "v2.h5"))
+    answer = world.registry().submit(world.submit(path_mappings={"/Users/me/v2.h5": str(extra)}))
+    assert codes(answer) == {V.VIOLATION_CODE_STALE_CHECK}
+    assert "was not part of the path check" in answer.message  # type: ignore[union-attr]
 
 
 # --- history -----------------------------------------------------------------------------------

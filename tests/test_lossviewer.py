@@ -249,3 +249,28 @@ def test_terminal_display() -> None:
     assert "[bold]not markup[/]" in text
     assert "Job j finished in 3.0 s; outputs in /runs/x" in text
     assert "Job k failed: boom" in text and "tb" in text
+
+
+def test_terminal_display_shows_losses_and_lr_unless_verbose() -> None:
+    def lines(verbose: bool) -> list[str]:
+        out = io.StringIO()
+        display = TerminalProgress(console=Console(file=out, width=200, color_system=None),
+                                   batch_every=1, verbose=verbose)
+        metrics = {"val/mAP": 0.5, "val/loss": 0.25, "train/loss": 0.5, "lr-Adam": 3e-05,
+                   "val/oks": 0.125, "epoch_time": 12.0}
+        display.handle(ProgressReceived(P.JobProgress(
+            event=P.PROGRESS_EVENT_EPOCH_END, epoch=2, metrics=metrics)))
+        display.handle(ProgressReceived(P.JobProgress(
+            event=P.PROGRESS_EVENT_BATCH_END, epoch=3, batch=0,
+            metrics={"loss": 0.125, "lr": 0.001, "grad_norm": 2.0})))
+        return out.getvalue().splitlines()
+
+    assert lines(verbose=False) == [
+        "epoch 3: train/loss 0.5000  val/loss 0.2500  lr-Adam 3e-05",
+        "  epoch 4 batch 1: loss 0.1250  lr 0.0010",
+    ]
+    assert lines(verbose=True) == [
+        "epoch 3: train/loss 0.5000  val/loss 0.2500  lr-Adam 3e-05  epoch_time 12.0000  "
+        "val/mAP 0.5000  val/oks 0.1250",
+        "  epoch 4 batch 1: loss 0.1250  lr 0.0010  grad_norm 2.0000",
+    ]

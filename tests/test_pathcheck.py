@@ -366,6 +366,29 @@ def test_token_binds_the_checked_mappings(lab: Path) -> None:
     )
 
 
+def test_token_leaves_out_the_labels_mapping(lab: Path) -> None:
+    video = touch(lab / "data" / "v.mp4")
+    labels = make_labels(lab / "l.slp", [str(video)])
+    pc = checker(lab)
+    client_labels = "C:\\Users\\me\\l.slp"
+    result = check(pc, client_labels, path_mappings={client_labels: str(labels)})
+    assert result.labels.worker_path == str(labels) and result.check_token
+    token = result.check_token
+
+    def verify(exact: dict[str, str], prefix: dict[str, str] | None = None) -> str | None:
+        return pc.verify_check_token(
+            token, labels_path=str(labels), path_mappings=exact, prefix_mappings=prefix or {}
+        )
+
+    assert verify({}) is None  # what a submit carries: the labels path is the worker's
+    assert verify({client_labels: str(labels)}) is None  # repeated: harmless
+    assert verify({client_labels: f"{lab}/data/../l.slp"}) is None  # same file
+    assert "'C:\\\\Users\\\\me\\\\l.slp' -> " in (verify({client_labels: str(video)}) or "")
+    assert "prefix mapping 'C:/Users' -> " in (verify({}, {"C:/Users": str(lab)}) or "")
+    # Without mappings to compare (e.g. a caller that only checks the files), no verdict on them.
+    assert pc.verify_check_token(token, labels_path=str(labels)) is None
+
+
 def test_relative_video_paths_resolve_next_to_labels(lab: Path) -> None:
     video = touch(lab / "proj" / "videos" / "a.mp4")
     labels = make_labels(lab / "proj" / "l.slp", ["/placeholder.mp4"])

@@ -286,7 +286,7 @@ def test_write_error_stops_capture_and_the_session_continues(
         # The disk goes away under the writer: every write now fails.
         part = writer._part
         assert part is not None
-        part._file._stream.close()
+        part._file.close()
         for i in range(2, 400):
             await link.send(progress_frame(i))
             await worker.recv()

@@ -155,6 +155,29 @@ def test_auto_fails_with_the_list_below_threshold() -> None:
     assert "/c/a.mp4" in info.value.message and "shared storage" in info.value.message
 
 
+@pytest.mark.parametrize("score, accepted", [
+    (0.99, True),   # prefix rule with evidence
+    (0.9, True),    # prefix rule
+    (0.8, True),    # same name and size
+    (0.7, True),    # next to the labels file
+    (0.65, True),   # same name + two matching parent folders (0.45 + 2 * 0.1)
+    (0.55, False),  # same name + one matching folder
+    (0.45, False),  # bare same name
+    (0.35, False),  # ambiguous same name
+])
+def test_auto_default_threshold_follows_the_worker_scale(score: float, accepted: bool) -> None:
+    """The default (0.6, the CLI's --min-score) takes typical same-name suggestions."""
+    from sleap_rtc.client.resolve import DEFAULT_MIN_SCORE
+
+    assert AutoResolver().threshold == DEFAULT_MIN_SCORE == 0.6
+    view = CheckView.from_result(result_with(missing(0, "/c/d/a.mp4", ("/mnt/d/a.mp4", score))))
+    if accepted:
+        assert AutoResolver()(view).path_mappings == {"/c/d/a.mp4": "/mnt/d/a.mp4"}
+    else:
+        with pytest.raises(ResolutionFailed, match=r"at least 0\.6"):
+            AutoResolver()(view)
+
+
 def test_auto_tries_saved_prefixes_first() -> None:
     view = CheckView.from_result(result_with(missing(0, "/c/a.mp4", ("/mnt/a.mp4", 0.95))),
                                  saved_prefixes={"/c": "/mnt"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -141,5 +142,32 @@ def test_silent_server_times_out_and_closed_server_fails_waiters() -> None:
             with pytest.raises(SignalingError):
                 await sig.discover()
             await sig.close()
+
+    run(main())
+
+
+def test_a_cancellation_that_meets_the_reply_is_not_swallowed(tmp_path: Path) -> None:
+    """The reply and the caller's cancellation land in the same loop iteration: the
+    request ends cancelled (Python 3.11's asyncio.wait_for would return the reply and
+    drop the cancellation, which hangs whoever cancelled)."""
+
+    async def main() -> None:
+        async with (
+            signaling_server(tmp_path) as server,
+            await SignalingClient.connect(server.url) as sig,
+        ):
+            await sig.register(room_id="lab", role="worker", worker_key=WORKER_KEY)
+            sig._reader.cancel()  # nothing but this test answers the request below
+            with contextlib.suppress(asyncio.CancelledError):
+                await sig._reader
+            sig._closed_reason = None  # still "open" for the request's purposes
+            asking = asyncio.ensure_future(sig.discover(timeout=10))
+            while not sig._pending:
+                await asyncio.sleep(0)
+            (fut,) = sig._pending.values()
+            fut.set_result({"type": "peer_list", "peers": []})
+            asking.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asking
 
     run(main())

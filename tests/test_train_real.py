@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from google.protobuf.message import Message
 
 from sleap_rtc.transport.link import memory_link_pair
 from sleap_rtc.worker.service import WorkerConfig, WorkerService
@@ -115,7 +116,7 @@ def test_tiny_real_training_through_the_worker(tmp_path: Path) -> None:
         run_limits=RunLimits(no_progress_timeout_s=300, max_run_s=540),
     )
 
-    async def main() -> tuple[list[object], object, float]:
+    async def main() -> tuple[list[Message], Message, float, job_pb2.JobAccepted, Path]:
         service = WorkerService(config)
         await service.start()
         client_end, worker_end = memory_link_pair()
@@ -144,13 +145,14 @@ def test_tiny_real_training_through_the_worker(tmp_path: Path) -> None:
             accepted = body_of(await client.request(submit))
             assert isinstance(accepted, job_pb2.JobAccepted), accepted
             end = await client.until_job_end("tiny-1", timeout=560)
-            return client.job_messages("tiny-1"), end, time.monotonic() - started
+            runs = service.runs_dir
+            return client.job_messages("tiny-1"), end, time.monotonic() - started, accepted, runs
         finally:
             await service.close()
             serving.cancel()
             await asyncio.wait({serving}, timeout=5)
 
-    messages, end, wall = asyncio.run(main())
+    messages, end, wall, accepted, runs = asyncio.run(main())
     print(f"real sleap-nn training through the worker: {wall:.1f} s wall")
     logs = [line for m in messages if isinstance(m, progress_pb2.JobLog) for line in m.lines]
     assert any("--prefix-map" in line for line in logs)  # the command line is logged
@@ -170,4 +172,7 @@ def test_tiny_real_training_through_the_worker(tmp_path: Path) -> None:
     checkpoints = [p for p in end.outputs if p.endswith(".ckpt")]
     assert checkpoints and all(Path(p).is_file() for p in checkpoints)
     assert Path(end.run_dir).is_relative_to((tmp_path / "mnt").resolve())
+    # JobAccepted.run_dir is exactly where sleap-nn wrote: runs_dir/<job id>, not doubled.
+    assert end.run_dir == accepted.run_dir == str(runs / "tiny-1")
+    assert all(Path(p).parent == Path(accepted.run_dir) for p in checkpoints)
     assert not list((tmp_path / "state" / "configs").glob("*"))

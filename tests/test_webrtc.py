@@ -370,31 +370,54 @@ def test_serve_links_keeps_links_when_signaling_drops_and_cancels_them_on_shutdo
     run(main())
 
 
-def test_cancelled_connect_leaves_no_open_peer_connection(tmp_path: Path) -> None:
-    import gc
+@pytest.mark.parametrize("when", ["negotiating", "awaiting_answer", "caller_timeout"])
+def test_cancelled_connect_leaves_no_open_peer_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """A connect given up by its caller closes the peer connection it made.
 
+    The cancellation lands at a known point: at the first await (while the offer is
+    made), once the worker has received the offer (waiting for an answer that never
+    comes), or by the caller's own deadline during that wait. Peer connections are
+    tracked as they are created (no garbage-collector scans), and the test waits for
+    their state to turn "closed" (bounded), never for a fixed time.
+    """
     from aiortc import RTCPeerConnection
 
-    def peer_connections() -> list[RTCPeerConnection]:
-        return [o for o in gc.get_objects() if type(o) is RTCPeerConnection]
+    from sleap_rtc.transport import webrtc
+
+    created: list[RTCPeerConnection] = []
+
+    class Tracked(RTCPeerConnection):  # type: ignore[misc]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(webrtc, "RTCPeerConnection", Tracked)
 
     async def main() -> None:
-        before = {id(o) for o in peer_connections()}  # earlier tests' leftovers
-        async with signaling_server(tmp_path) as server, peers(server) as (_worker, client):
+        async with signaling_server(tmp_path) as server, peers(server) as (worker, client):
             # w1 is registered but never answers; the caller gives up first.
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(offer_link(client, "w1", loopback=True, timeout=10), 0.3)
-            for _ in range(50):
-                await asyncio.sleep(0.02)
-                live = [
-                    o
-                    for o in peer_connections()
-                    if id(o) not in before and o.signalingState != "closed"
-                ]
-                if not live:
-                    break
-            assert not live, [
-                (o.connectionState, o.signalingState, o.iceConnectionState) for o in live
-            ]
+            connecting = asyncio.ensure_future(offer_link(client, "w1", loopback=True, timeout=30))
+            if when == "negotiating":
+                await asyncio.sleep(0)  # the connect has started: its peer connection exists
+                assert len(created) == 1
+                connecting.cancel()
+            else:
+                offer = await worker.next_relayed("offer", timeout=20)
+                assert offer.sender == client.peer_id and not connecting.done()
+                if when == "caller_timeout":
+                    with pytest.raises(TimeoutError):
+                        async with asyncio.timeout(0.05):
+                            await connecting
+                else:
+                    connecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+            assert len(created) == 1
+            pc = created[0]
+            async with asyncio.timeout(10):  # the teardown runs in the background
+                while pc.signalingState != "closed":
+                    await asyncio.sleep(0.01)
 
     run(main())

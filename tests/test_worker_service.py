@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,8 @@ def run(
             return client, client_end
 
         try:
-            return await asyncio.wait_for(body(service, connect), timeout=60)
+            async with asyncio.timeout(60):
+                return await body(service, connect)
         finally:
             await service.close()
             for task in serving:
@@ -128,10 +130,11 @@ def test_hello_check_submit_progress_complete(env: Env) -> None:
         accepted = body_of(answer)
         assert isinstance(accepted, job_pb2.JobAccepted), answer
         assert not accepted.duplicate
-        assert accepted.run_dir.startswith(str(env.mnt.resolve()))
+        assert accepted.run_dir == str(service.runs_dir / "job-1")  # not .../job-1/job-1
         end = await client.until_job_end("job-1")
         assert isinstance(end, P.JobComplete), end
-        assert any(p.endswith("best.ckpt") for p in end.outputs)
+        assert end.run_dir == accepted.run_dir
+        assert str(Path(accepted.run_dir) / "best.ckpt") in end.outputs
         messages = client.job_messages("job-1")
         assert [m.sequence for m in messages] == list(range(1, len(messages) + 1))
         progress = [m for m in messages if isinstance(m, P.JobProgress)]
@@ -174,6 +177,120 @@ def test_auth_gate_and_token_errors(env: Env) -> None:
         verifier=lambda token: verifier.verify(token, room="lab"),
         worker_id="w-test",
     )
+
+
+def test_submit_must_carry_the_checked_mappings(env: Env) -> None:
+    """Intake verifies the token against the submit's mappings (the labels one may go)."""
+    video = make_h5_video(env.mnt / "videos" / "cam1.h5")
+    other = make_h5_video(env.mnt / "videos" / "cam2.h5")
+    labels = make_labels(env.mnt / "proj" / "mapped.slp", ["/Users/me/vids/cam1.h5"])
+    client_labels = "/Users/me/mapped.slp"
+    checked = {client_labels: str(labels), "/Users/me/vids/cam1.h5": video}
+
+    async def body(service: WorkerService, connect: Any) -> None:
+        client, _ = await connect()
+        request = paths_pb2.PathCheckRequest(labels_path=client_labels, path_mappings=checked)
+        result = body_of(await client.request(request))
+        assert isinstance(result, paths_pb2.PathCheckResult) and result.check_token, result
+
+        def submit(job_id: str, mappings: dict[str, str]) -> job_pb2.JobSubmit:
+            return job_pb2.JobSubmit(
+                job_id=job_id,
+                spec=spec_pb2.TrainJobSpec(
+                    labels_path=result.labels.worker_path,
+                    config_content=fake_config(),
+                    path_mappings=mappings,
+                ),
+                check_token=result.check_token,
+            )
+
+        extra = {"/Users/me/vids/cam1.h5": video, "/Users/me/vids/cam2.h5": other}
+        rejected = body_of(await client.request(submit("extra", extra)))
+        assert isinstance(rejected, job_pb2.JobRejected), rejected
+        [violation] = rejected.violations
+        assert violation.code == job_pb2.VIOLATION_CODE_STALE_CHECK
+        assert "'/Users/me/vids/cam2.h5'" in violation.message
+        assert "not part of the path check" in violation.message
+        other_target = body_of(
+            await client.request(submit("diff", {"/Users/me/vids/cam1.h5": other}))
+        )
+        assert isinstance(other_target, job_pb2.JobRejected)
+        assert other_target.violations[0].code == job_pb2.VIOLATION_CODE_STALE_CHECK
+        video_only = {"/Users/me/vids/cam1.h5": video}
+        accepted = body_of(await client.request(submit("ok", video_only)))
+        assert isinstance(accepted, job_pb2.JobAccepted), accepted
+        end = await client.until_job_end("ok")
+        assert isinstance(end, P.JobComplete), end
+        argv = json.loads((Path(accepted.run_dir) / "argv.json").read_text())
+        assert argv["video_path_map"] == [["/Users/me/vids/cam1.h5", video]]
+        assert configs_left(env) == []
+
+    run(env, body)
+
+
+def test_index_is_built_in_a_thread_at_start(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sleap_rtc.worker.index import FileIndex
+
+    release = threading.Event()
+    walks: list[str] = []
+    build = FileIndex._build
+
+    def slow_build(self: FileIndex, stop: threading.Event | None = None) -> Any:
+        walks.append(threading.current_thread().name)
+        assert release.wait(10)
+        return build(self, stop)
+
+    monkeypatch.setattr(FileIndex, "_build", slow_build)
+    lost = make_labels(env.mnt / "proj" / "lost.slp", ["/Users/me/gone/v.h5"])
+
+    async def body(service: WorkerService, connect: Any) -> None:
+        assert service.index is not None and not service.index.built
+        while not walks:  # start() returned; the walk runs elsewhere
+            await asyncio.sleep(0.01)
+        assert walks[0] != threading.main_thread().name
+        client, _ = await connect()
+        assert (await check(client, env)).check_token  # no suggestions needed: no wait
+        request = paths_pb2.PathCheckRequest(labels_path=str(lost))
+        pending = asyncio.ensure_future(client.request(request))
+        await asyncio.sleep(0.2)
+        assert not pending.done()  # suggestions need the index: the check waits for the walk
+        release.set()
+        result = body_of(await pending)
+        assert isinstance(result, paths_pb2.PathCheckResult), result
+        assert result.videos[0].suggestions[0].worker_path == str(Path(env.video).resolve())
+        assert service.index.built and len(walks) == 1  # one walk, not two
+
+    run(env, body, build_index=True)
+
+
+def test_close_during_the_start_up_walk_gives_it_up(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sleap_rtc.worker.index import FileIndex
+
+    entered = threading.Event()
+    build = FileIndex._build
+    outcome: list[bool] = []
+
+    def slow_build(self: FileIndex, stop: threading.Event | None = None) -> Any:
+        entered.set()
+        assert stop is not None and stop.wait(10)  # close() sets it
+        snap = build(self, stop)
+        outcome.append(snap is None)
+        return snap
+
+    monkeypatch.setattr(FileIndex, "_build", slow_build)
+
+    async def main() -> WorkerService:
+        service = WorkerService(config_for(env, build_index=True))
+        await service.start()
+        assert await asyncio.to_thread(entered.wait, 10)
+        async with asyncio.timeout(10):
+            await service.close()
+        return service
+
+    service = asyncio.run(main())
+    assert outcome == [True] and service.index is not None and not service.index.built
 
 
 # --- faults on the link ------------------------------------------------------------

@@ -87,7 +87,8 @@ async def fetch_jwks(server_url: str, *, timeout: float = 10.0) -> dict[str, Any
     """
     url = http_base(server_url) + JWKS_PATH
     try:
-        data = await asyncio.wait_for(asyncio.to_thread(_get_json, url, timeout), timeout + 1.0)
+        async with asyncio.timeout(timeout + 1.0):
+            data = await asyncio.to_thread(_get_json, url, timeout)
     except (OSError, ValueError, TimeoutError) as exc:
         raise LoginError("unreachable", f"cannot fetch public keys from {url}: {exc}") from None
     if not isinstance(data.get("keys"), list):
@@ -194,7 +195,8 @@ class CallbackListener:
         """The token from the first valid callback; LoginError on timeout."""
         assert self._result is not None, "start() first"
         try:
-            return await asyncio.wait_for(asyncio.shield(self._result), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(self._result)
         except TimeoutError:
             raise LoginError("timeout", f"no login came back within {timeout:g} s") from None
 
@@ -202,14 +204,16 @@ class CallbackListener:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
         if self._result is not None and not self._result.done():
             self._result.cancel()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+                async with asyncio.timeout(10.0):
+                    head = await reader.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
                 return
             if len(head) > MAX_REQUEST_BYTES:
@@ -273,7 +277,8 @@ async def _reply(writer: asyncio.StreamWriter, status: int, text: str) -> None:
     )
     writer.write(head.encode() + body)
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.drain(), 5.0)
+        async with asyncio.timeout(5.0):
+            await writer.drain()
 
 
 async def login(
@@ -312,7 +317,8 @@ async def login(
         if show_url is not None:
             show_url(url)
         try:
-            await asyncio.wait_for(asyncio.to_thread(open_browser, url), 30.0)
+            async with asyncio.timeout(30.0):
+                await asyncio.to_thread(open_browser, url)
         except Exception as exc:  # no browser: the user can still open the URL by hand
             log.warning("could not open a browser (%s); open the login URL by hand", exc)
         token = await listener.wait(timeout)

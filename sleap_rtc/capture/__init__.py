@@ -6,6 +6,16 @@
   decoding with the schema stored in the file; it also reads plain-text
   captures of the legacy ``TYPE::json`` frames (:mod:`sleap_rtc.capture.legacy`).
 
+Writing: ``recorder`` (the writer, its thread, rotation; ``RecordingLink``),
+``classify`` (classify, redact, hold fragments), ``parts`` (one MCAP file of a
+capture), ``mcapwrite`` (the MCAP writer). Reading: ``mcapio`` (records of a
+file, damage reported), ``decode`` (schemas from the capture), ``convert``
+(json_format's dict and JSON), ``rawproto`` (unknown fields, decode_raw),
+``frames`` (a frame -> a record), ``fragments`` (reassembly), ``record`` (the
+record and its JSON line), ``legacy`` (``TYPE::json`` text), and the
+``cat --json`` fast path: ``wirejson`` (wire bytes -> JSON per message type),
+``jsonlines`` (chunks -> lines), ``parallel`` (``--jobs``).
+
 Names are imported on first use, so ``import sleap_rtc.capture`` stays cheap.
 """
 

@@ -3,39 +3,57 @@
 A protobuf schema record holds a FileDescriptorSet. :func:`load_schema` builds
 a private descriptor pool from it and a message class with
 ``message_factory.GetMessageClass``; today's compiled bindings are never used
-to decode. :func:`to_dict` turns a message into the same dict as
-``json_format.MessageToDict(preserving_proto_field_name=True)`` (a converter
-compiled once per message type, several times faster) and adds the fields the
-schema does not know under ``"@unknown"``: field number, wire type and the
-bytes in hex, never dropped.
+to decode. A :class:`LoadedSchema` caches, per message type, the converters to
+json_format's dict and JSON text (:mod:`sleap_rtc.capture.convert`) and the
+wire-to-JSON decoders of the fast path (:mod:`sleap_rtc.capture.wirejson`).
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
-import json
-import keyword
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.internal import type_checkers
 from google.protobuf.message import DecodeError, Message
-from google.protobuf.unknown_fields import UnknownFieldSet
 
-#: Key of the list of unknown fields in a decoded dict.
-UNKNOWN_KEY = "@unknown"
+from sleap_rtc.capture.convert import (
+    Converter,
+    JsonConverter,
+    compile_converter,
+    compile_json,
+    to_dict,
+)
+from sleap_rtc.capture.rawproto import (
+    UNKNOWN_KEY,
+    _unknown_entry,
+    decode_raw,
+    unknown_entry,
+    unknown_field_set,
+    unknown_fields,
+)
+from sleap_rtc.capture.wirejson import WireJson, compile_wire_json
+
+__all__ = [
+    "FIRST_BODY_FIELD",
+    "UNKNOWN_KEY",
+    "Converter",
+    "JsonConverter",
+    "LoadedSchema",
+    "SchemaProblem",
+    "_unknown_entry",
+    "compile_converter",
+    "compile_json",
+    "decode_raw",
+    "load_schema",
+    "to_dict",
+    "unknown_entry",
+    "unknown_field_set",
+    "unknown_fields",
+]
+
 #: Envelope field numbers from this one on are bodies (see envelope.proto).
 FIRST_BODY_FIELD = 10
-
-Converter = Callable[[Any], dict[str, Any]]
-JsonConverter = Callable[[Any], str]
-_WIRE_NAMES = {0: "varint", 1: "i64", 2: "len", 3: "sgroup", 4: "egroup", 5: "i32"}
 
 
 class SchemaProblem(Exception):
@@ -55,6 +73,23 @@ class LoadedSchema:
     job_id_bodies: dict[str, bool] = field(default_factory=dict)
     #: numbers of the oneof "body" fields this schema knows
     body_numbers: frozenset[int] = frozenset()
+    #: wire -> JSON decoders (:mod:`sleap_rtc.capture.wirejson`), by full name
+    wire_decoders: dict[str, WireJson] = field(default_factory=dict)
+    _wire_bodies: dict[int, tuple[str, WireJson]] | None = None
+    _wire_checked: bool = False
+
+    def wire_bodies(self) -> dict[int, tuple[str, WireJson]] | None:
+        """Body field tag -> (body name, wire decoder giving ``(json, job_id)``).
+
+        None when the Envelope header is not the one the fast path reads
+        (version, message_id, correlation_id, sent_time_unix_nano, a ``body``
+        oneof, nothing else): such captures are decoded the general way.
+        Fragments are not in the table (they are reassembled first).
+        """
+        if not self._wire_checked:
+            self._wire_checked = True
+            self._wire_bodies = _wire_bodies(self.descriptor, self.wire_decoders)
+        return self._wire_bodies
 
     def converter(self, descriptor: Descriptor) -> Converter:
         conv = self.converters.get(descriptor.full_name)
@@ -76,6 +111,45 @@ class LoadedSchema:
                 f is not None and f.type == FieldDescriptor.TYPE_STRING
             )
         return known
+
+
+_HEADER = {
+    "version": (1, FieldDescriptor.TYPE_MESSAGE),
+    "message_id": (2, FieldDescriptor.TYPE_UINT64),
+    "correlation_id": (3, FieldDescriptor.TYPE_UINT64),
+    "sent_time_unix_nano": (4, FieldDescriptor.TYPE_FIXED64),
+}
+_VERSION = {"major": (1, FieldDescriptor.TYPE_UINT32), "minor": (2, FieldDescriptor.TYPE_UINT32)}
+
+
+def _shape(descriptor: Descriptor, names: dict[str, tuple[int, int]]) -> bool:
+    return all(
+        (f := descriptor.fields_by_name.get(name)) is not None
+        and (f.number, f.type) == spec
+        and not f.is_repeated
+        for name, spec in names.items()
+    )
+
+
+def _wire_bodies(
+    descriptor: Descriptor, cache: dict[str, WireJson]
+) -> dict[int, tuple[str, WireJson]] | None:
+    oneof = descriptor.oneofs_by_name.get("body")
+    if oneof is None or not _shape(descriptor, _HEADER):
+        return None
+    version = descriptor.fields_by_name["version"].message_type
+    if version is None or len(version.fields) != 2 or not _shape(version, _VERSION):
+        return None
+    bodies = {f.name for f in oneof.fields}
+    if {f.name for f in descriptor.fields} != bodies | set(_HEADER):
+        return None
+    table: dict[int, tuple[str, WireJson]] = {}
+    for fd in oneof.fields:
+        sub = fd.message_type
+        if sub is None or fd.name == "fragment" or sub.full_name.startswith("google.protobuf."):
+            continue
+        table[fd.number << 3 | 2] = (fd.name, compile_wire_json(sub, cache, job_id=True))
+    return table
 
 
 _CACHE: dict[tuple[str, str, bytes], LoadedSchema] = {}
@@ -140,385 +214,3 @@ def load_schema(name: str, encoding: str, data: bytes) -> LoadedSchema:
     loaded = LoadedSchema(name, cls, descriptor, body_numbers=numbers)
     _CACHE[key] = loaded
     return loaded
-
-
-# -- dict conversion -----------------------------------------------------------
-
-
-def unknown_field_set(message: Message) -> list[Any]:
-    """The raw unknown fields of ``message`` (typed stubs lack UnknownFieldSet iteration)."""
-    fields: Any = UnknownFieldSet(message)
-    return list(fields)
-
-
-def unknown_fields(message: Message) -> list[dict[str, Any]]:
-    """The fields of ``message`` its schema does not know, as number, wire type and hex."""
-    return [_unknown_entry(f) for f in unknown_field_set(message)]
-
-
-def _unknown_entry(f: Any) -> dict[str, Any]:
-    wire = f.wire_type
-    entry: dict[str, Any] = {"field": f.field_number, "wire_type": _WIRE_NAMES.get(wire, str(wire))}
-    data = f.data
-    if wire == 0:
-        entry["value"] = data
-    elif wire in (1, 5):
-        entry["value"] = data
-        entry["hex"] = data.to_bytes(8 if wire == 1 else 4, "little").hex()
-    elif wire == 2:
-        entry["hex"] = data.hex()
-        nested = decode_raw(data)
-        if nested is not None:
-            entry["fields"] = nested
-    elif wire == 3:
-        entry["fields"] = [_unknown_entry(g) for g in data]
-    return entry
-
-
-def decode_raw(data: bytes, depth: int = 0) -> list[dict[str, Any]] | None:
-    """Best-effort ``protoc --decode_raw``: the fields of ``data`` if it parses as a message."""
-    if depth > 8 or not data:
-        return None
-    out: list[dict[str, Any]] = []
-    pos, n = 0, len(data)
-    try:
-        while pos < n:
-            key, pos = _varint(data, pos)
-            number, wire = key >> 3, key & 7
-            if number == 0:
-                return None
-            entry: dict[str, Any] = {"field": number, "wire_type": _WIRE_NAMES.get(wire, str(wire))}
-            if wire == 0:
-                entry["value"], pos = _varint(data, pos)
-            elif wire == 1:
-                if pos + 8 > n:
-                    return None
-                entry["hex"] = data[pos : pos + 8].hex()
-                entry["value"] = int.from_bytes(data[pos : pos + 8], "little")
-                pos += 8
-            elif wire == 5:
-                if pos + 4 > n:
-                    return None
-                entry["hex"] = data[pos : pos + 4].hex()
-                entry["value"] = int.from_bytes(data[pos : pos + 4], "little")
-                pos += 4
-            elif wire == 2:
-                size, pos = _varint(data, pos)
-                if pos + size > n:
-                    return None
-                chunk = data[pos : pos + size]
-                pos += size
-                entry["hex"] = chunk.hex()
-                nested = decode_raw(chunk, depth + 1)
-                if nested is not None:
-                    entry["fields"] = nested
-                else:
-                    with contextlib.suppress(UnicodeDecodeError):
-                        entry["text"] = chunk.decode("utf-8")
-            else:
-                return None
-            out.append(entry)
-    except IndexError:
-        return None
-    return out
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint too long")
-
-
-_INT64 = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_FIXED64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_SFIXED64,
-}
-
-
-def _nonfinite(v: float) -> Any:
-    if v != v:
-        return "NaN"
-    return "-Infinity" if v < 0 else "Infinity"
-
-
-def _shortest(v: float) -> Any:
-    if v - v != 0:
-        return _nonfinite(v)
-    return type_checkers.ToShortestFloat(v)
-
-
-def _value_expr(
-    fd: FieldDescriptor, var: str, env: dict[str, Any], cache: dict[str, Converter]
-) -> str:
-    """A Python expression converting the value ``var`` of ``fd`` (json_format's rules)."""
-    t = fd.type
-    if t in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
-        sub = fd.message_type
-        assert sub is not None
-        if sub.full_name.startswith("google.protobuf."):
-            return f"_wkt({var})"
-        if sub.full_name not in cache:
-            compile_converter(sub, cache)
-        return f"_cache[{sub.full_name!r}]({var})"
-    if t == FieldDescriptor.TYPE_ENUM:
-        assert fd.enum_type is not None
-        if fd.enum_type.full_name == "google.protobuf.NullValue":
-            return "None"
-        key = f"_enum_{len(env)}"
-        env[key] = {v.number: v.name for v in fd.enum_type.values}
-        return f"{key}.get({var}, {var})"
-    if t in _INT64:
-        return f"str({var})"
-    if t == FieldDescriptor.TYPE_BYTES:
-        return f"_b64({var})"
-    if t == FieldDescriptor.TYPE_DOUBLE:
-        return f"({var} if {var} - {var} == 0 else _nonfinite({var}))"
-    if t == FieldDescriptor.TYPE_FLOAT:
-        return f"_shortest({var})"
-    return var
-
-
-def compile_converter(descriptor: Descriptor, cache: dict[str, Converter]) -> Converter:
-    """A function message -> dict for messages of ``descriptor`` (cached by full name).
-
-    The function is generated source, one statement per field in field-number
-    order, so it produces json_format's dict without its per-field dispatch.
-    """
-    existing = cache.get(descriptor.full_name)
-    if existing is not None:
-        return existing
-    env: dict[str, Any] = {
-        "_cache": cache,
-        "_b64": lambda v: base64.b64encode(v).decode("ascii"),
-        "_nonfinite": _nonfinite,
-        "_shortest": _shortest,
-        "_wkt": lambda m: json_format.MessageToDict(m, preserving_proto_field_name=True),
-        "_UFS": UnknownFieldSet,
-        "_entry": _unknown_entry,
-        "_negzero": lambda v: v == 0 and math.copysign(1.0, v) < 0,
-    }
-    # Placeholder so recursive types find an entry while their converter is generated.
-    cache[descriptor.full_name] = lambda m: cache[descriptor.full_name](m)
-    lines = ["def convert(m):", "    out = {}"]
-    for fd in sorted(descriptor.fields, key=lambda f: f.number):
-        name = fd.name
-        key = repr(name)
-        attr = (
-            f"m.{name}"
-            if name.isidentifier() and not keyword.iskeyword(name)
-            else f"getattr(m, {name!r})"
-        )
-        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-            key_fd = fd.message_type.fields_by_name["key"]
-            val_fd = fd.message_type.fields_by_name["value"]
-            if key_fd.type == FieldDescriptor.TYPE_BOOL:
-                kexpr = '("true" if k else "false")'
-            elif key_fd.type == FieldDescriptor.TYPE_STRING:
-                kexpr = "k"
-            else:
-                kexpr = "str(k)"
-            vexpr = _value_expr(val_fd, "x", env, cache)
-            # `for k in v: v[k]` is several times faster than .items() on protobuf maps.
-            lines += [
-                f"    v = {attr}",
-                "    if v:",
-                "        d = {}",
-                "        for k in v:",
-                "            x = v[k]",
-                f"            d[{kexpr}] = {vexpr}",
-                f"        out[{key}] = d",
-            ]
-        elif fd.is_repeated:
-            vexpr = _value_expr(fd, "x", env, cache)
-            conv = "list(v)" if vexpr == "x" else f"[{vexpr} for x in v]"
-            lines += [f"    v = {attr}", "    if v:", f"        out[{key}] = {conv}"]
-        elif fd.has_presence and fd.message_type is None:
-            vexpr = _value_expr(fd, "v", env, cache)
-            lines += [
-                f"    v = {attr}",
-                f"    if v or m.HasField({name!r}):",
-                f"        out[{key}] = {vexpr}",
-            ]
-        elif fd.has_presence:
-            vexpr = _value_expr(fd, "v", env, cache)
-            lines += [
-                f"    if m.HasField({name!r}):",
-                f"        v = {attr}",
-                f"        out[{key}] = {vexpr}",
-            ]
-        else:
-            vexpr = _value_expr(fd, "v", env, cache)
-            test = (
-                "v or _negzero(v)"
-                if fd.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)
-                else "v"
-            )
-            lines += [f"    v = {attr}", f"    if {test}:", f"        out[{key}] = {vexpr}"]
-    lines += [
-        "    u = _UFS(m)",
-        "    if len(u):",
-        f"        out[{UNKNOWN_KEY!r}] = [_entry(f) for f in u]",
-        "    return out",
-    ]
-    exec(compile("\n".join(lines), f"<converter {descriptor.full_name}>", "exec"), env)
-    convert: Converter = env["convert"]
-    cache[descriptor.full_name] = convert
-    return convert
-
-
-_enc = json.encoder.encode_basestring  # C-accelerated JSON string quoting
-
-
-def _json_double(v: float) -> str:
-    if v - v == 0:
-        return repr(v)
-    return '"NaN"' if v != v else ('"-Infinity"' if v < 0 else '"Infinity"')
-
-
-def _json_float(v: float) -> str:
-    return _json_double(v) if v - v != 0 else repr(type_checkers.ToShortestFloat(v))
-
-
-def _json_expr(
-    fd: FieldDescriptor, var: str, env: dict[str, Any], cache: dict[str, JsonConverter]
-) -> str:
-    """A Python expression giving the JSON text of the value ``var`` of ``fd``."""
-    t = fd.type
-    if t in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
-        sub = fd.message_type
-        assert sub is not None
-        if sub.full_name.startswith("google.protobuf."):
-            return f"_dump(_wkt({var}))"
-        if sub.full_name not in cache:
-            compile_json(sub, cache)
-        return f"_cache[{sub.full_name!r}]({var})"
-    if t == FieldDescriptor.TYPE_ENUM:
-        assert fd.enum_type is not None
-        if fd.enum_type.full_name == "google.protobuf.NullValue":
-            return "'null'"
-        key = f"_enum_{len(env)}"
-        env[key] = {v.number: _enc(v.name) for v in fd.enum_type.values}
-        return f"({key}.get({var}) or str({var}))"
-    if t in _INT64:
-        return f"('\"' + str({var}) + '\"')"
-    if t == FieldDescriptor.TYPE_BYTES:
-        return f"('\"' + _b64({var}) + '\"')"
-    if t == FieldDescriptor.TYPE_DOUBLE:
-        return f"(repr({var}) if {var} - {var} == 0 else _json_double({var}))"
-    if t == FieldDescriptor.TYPE_FLOAT:
-        return f"_json_float({var})"
-    if t == FieldDescriptor.TYPE_BOOL:
-        return f"('true' if {var} else 'false')"
-    if t == FieldDescriptor.TYPE_STRING:
-        return f"_enc({var})"
-    return f"str({var})"
-
-
-def compile_json(descriptor: Descriptor, cache: dict[str, JsonConverter]) -> JsonConverter:
-    """A function message -> JSON text, equal to ``json.dumps(to_dict(message))`` once parsed.
-
-    Generated like :func:`compile_converter`, but it writes the JSON text
-    directly (no dict, no encoder): the fast path of ``inspect cat --json``.
-    """
-    existing = cache.get(descriptor.full_name)
-    if existing is not None:
-        return existing
-    env: dict[str, Any] = {
-        "_cache": cache,
-        "_enc": _enc,
-        "_b64": lambda v: base64.b64encode(v).decode("ascii"),
-        "_json_double": _json_double,
-        "_json_float": _json_float,
-        "_dump": json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode,
-        "_wkt": lambda m: json_format.MessageToDict(m, preserving_proto_field_name=True),
-        "_UFS": UnknownFieldSet,
-        "_entry": _unknown_entry,
-        "_negzero": lambda v: v == 0 and math.copysign(1.0, v) < 0,
-    }
-    cache[descriptor.full_name] = lambda m: cache[descriptor.full_name](m)
-    lines = ["def convert(m):", "    p = []", "    a = p.append"]
-    for fd in sorted(descriptor.fields, key=lambda f: f.number):
-        name = fd.name
-        head = repr(_enc(name) + ":")
-        attr = (
-            f"m.{name}"
-            if name.isidentifier() and not keyword.iskeyword(name)
-            else f"getattr(m, {name!r})"
-        )
-        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-            key_fd = fd.message_type.fields_by_name["key"]
-            val_fd = fd.message_type.fields_by_name["value"]
-            if key_fd.type == FieldDescriptor.TYPE_BOOL:
-                kexpr = "('\"true\"' if k else '\"false\"')"
-            elif key_fd.type == FieldDescriptor.TYPE_STRING:
-                kexpr = "_enc(k)"
-            else:
-                kexpr = "('\"' + str(k) + '\"')"
-            vexpr = _json_expr(val_fd, "x", env, cache)
-            lines += [
-                f"    v = {attr}",
-                "    if v:",
-                "        q = []",
-                "        for k in v:",
-                "            x = v[k]",
-                f"            q.append({kexpr} + ':' + {vexpr})",
-                f"        a({head} + '{{' + ','.join(q) + '}}')",
-            ]
-        elif fd.is_repeated:
-            vexpr = _json_expr(fd, "x", env, cache)
-            lines += [
-                f"    v = {attr}",
-                "    if v:",
-                f"        a({head} + '[' + ','.join([{vexpr} for x in v]) + ']')",
-            ]
-        elif fd.has_presence and fd.message_type is None:
-            # Explicit presence scalar: a non-zero value is present; only zero needs HasField.
-            vexpr = _json_expr(fd, "v", env, cache)
-            lines += [
-                f"    v = {attr}",
-                f"    if v or m.HasField({name!r}):",
-                f"        a({head} + {vexpr})",
-            ]
-        elif fd.has_presence:
-            vexpr = _json_expr(fd, "v", env, cache)
-            lines += [
-                f"    if m.HasField({name!r}):",
-                f"        v = {attr}",
-                f"        a({head} + {vexpr})",
-            ]
-        else:
-            vexpr = _json_expr(fd, "v", env, cache)
-            test = (
-                "v or _negzero(v)"
-                if fd.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)
-                else "v"
-            )
-            lines += [f"    v = {attr}", f"    if {test}:", f"        a({head} + {vexpr})"]
-    lines += [
-        "    u = _UFS(m)",
-        "    if len(u):",
-        f"        a({_enc(UNKNOWN_KEY) + ':'!r} + _dump([_entry(f) for f in u]))",
-        "    return '{' + ','.join(p) + '}'",
-    ]
-    exec(compile("\n".join(lines), f"<json {descriptor.full_name}>", "exec"), env)
-    convert: JsonConverter = env["convert"]
-    cache[descriptor.full_name] = convert
-    return convert
-
-
-def to_dict(message: Message, cache: dict[str, Converter] | None = None) -> dict[str, Any]:
-    """``message`` as a JSON-ready dict (json_format's shape), unknown fields included."""
-    cache = {} if cache is None else cache
-    descriptor: Any = message.DESCRIPTOR
-    conv = cache.get(descriptor.full_name) or compile_converter(descriptor, cache)
-    return conv(message)

@@ -211,6 +211,19 @@ class McapScan:
 
     def messages(self) -> Iterator[RawMessage]:
         """The messages of the file, in file order."""
+        for data, start in self.blocks():
+            yield from self.block_messages(data, start)
+
+    def blocks(self) -> Iterator[tuple[bytes, int]]:
+        """The file's message records in blocks, in file order: ``(records, offset)``.
+
+        A block is a run of whole MCAP records (opcode, length, body): the
+        decompressed data of one chunk, or one message record outside chunks.
+        ``offset`` is where the block's chunk (or record) is in the file, for
+        problem reports. Read them with :meth:`block_messages`, or walk them
+        directly (the ``cat --json`` fast path) and hand other records to
+        :meth:`block_record`.
+        """
         f = self._file
         offset = 8
         in_summary = False
@@ -253,13 +266,14 @@ class McapScan:
                     if length < 22:
                         self._problem(start, "message record too short")
                         continue
-                    cid, seq, lt, pt = _MSG.unpack_from(body, 0)
-                    yield cid, seq, lt, pt, body[22:]
+                    yield head + body, start
                     continue
                 if opcode == OP_CHUNK and not in_summary:
                     body = f.read(length)
                     offset = start + length
-                    yield from self._chunk(body, start)
+                    data = self._chunk_data(body, start)
+                    if data is not None:
+                        yield data, start
                     continue
                 if opcode in (OP_FOOTER,):
                     f.read(length)
@@ -283,16 +297,22 @@ class McapScan:
 
     def read_chunk(self, offset: int, length: int) -> Iterator[RawMessage]:
         """The messages of the Chunk record at ``offset`` (from a summary's chunk index)."""
+        data = self.read_chunk_data(offset, length)
+        if data is not None:
+            yield from self.block_messages(data, offset + 9)
+
+    def read_chunk_data(self, offset: int, length: int) -> bytes | None:
+        """The decompressed records of the Chunk record at ``offset``, or None (reported)."""
         try:
             self._file.seek(offset)
             data = self._file.read(length)
         except OSError as exc:
             self._problem(offset, f"read error: {exc}")
-            return
+            return None
         if len(data) < 9 or data[0] != OP_CHUNK:
             self._problem(offset, "the chunk index points at something that is not a chunk")
-            return
-        yield from self._chunk(data[9:], offset + 9)
+            return None
+        return self._chunk_data(data[9:], offset + 9)
 
     def close(self) -> None:
         self._file.close()
@@ -312,7 +332,8 @@ class McapScan:
         elif opcode == OP_STATISTICS:
             self.statistics = _statistics(body)
 
-    def _chunk(self, body: bytes, start: int) -> Iterator[RawMessage]:
+    def _chunk_data(self, body: bytes, start: int) -> bytes | None:
+        """The decompressed, CRC-checked records of a chunk, or None (reported)."""
         try:
             _s, _e, usize, crc = _CHUNK_HEAD.unpack_from(body, 0)
             compression, pos = _string(body, _CHUNK_HEAD.size)
@@ -327,10 +348,27 @@ class McapScan:
                 raise _Bad("chunk CRC does not match its data")
         except (_Bad, struct.error, ValueError, MemoryError) as exc:
             self._problem(start, f"chunk skipped: {exc}")
-            return
+            return None
         except Exception as exc:
             self._problem(start, f"chunk skipped: cannot decompress ({type(exc).__name__}: {exc})")
-            return
+            return None
+        return data
+
+    def block_record(self, opcode: int, body: bytes, start: int) -> None:
+        """A record of a block other than a message (a schema or channel, say)."""
+        try:
+            self._other(opcode, body, False)
+        except (_Bad, struct.error, ValueError) as exc:
+            self._problem(start, f"bad record in chunk (opcode 0x{opcode:02x}): {exc}")
+
+    def block_overrun(self, start: int, pos: int) -> None:
+        """Report a block record at ``pos`` that runs past the block's end."""
+        self._problem(
+            start, f"chunk record at {pos} runs past the end of the chunk; rest of chunk skipped"
+        )
+
+    def block_messages(self, data: bytes, start: int) -> Iterator[RawMessage]:
+        """The messages of one block of :meth:`blocks` (other records are taken in)."""
         pos = 0
         size = len(data)
         unpack_rec = _REC.unpack_from
@@ -340,23 +378,21 @@ class McapScan:
             body_start = pos + 9
             end = body_start + length
             if end > size:
-                self._problem(
-                    start,
-                    f"chunk record at {pos} runs past the end of the chunk; rest of chunk skipped",
-                )
+                self.block_overrun(start, pos)
                 return
             if opcode == OP_MESSAGE:
                 if length >= 22:
                     cid, seq, lt, pt = unpack_msg(data, body_start)
                     yield cid, seq, lt, pt, data[body_start + 22 : end]
             else:
-                try:
-                    self._other(opcode, data[body_start:end], False)
-                except (_Bad, struct.error, ValueError) as exc:
-                    self._problem(start, f"bad record in chunk (opcode 0x{opcode:02x}): {exc}")
+                self.block_record(opcode, data[body_start:end], start)
             pos = end
         if pos != size:
-            self._problem(start, "chunk ends inside a record")
+            self.block_tail(start)
+
+    def block_tail(self, start: int) -> None:
+        """Report a block that ends inside a record."""
+        self._problem(start, "chunk ends inside a record")
 
 
 def _decompress(compression: str, data: bytes, usize: int) -> bytes:

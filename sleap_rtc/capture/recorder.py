@@ -6,6 +6,10 @@ receives to the writer. Recording a frame only appends it to a bounded queue
 (no parsing, no I/O on the caller's thread); a background thread classifies,
 redacts and writes. A full queue drops frames (counted); any write error stops
 the capture, is logged once, and the session carries on.
+
+The parts: :mod:`~sleap_rtc.capture.classify` (classify, redact, hold
+fragments), :mod:`~sleap_rtc.capture.parts` (one MCAP file of a capture) and
+:mod:`~sleap_rtc.capture.mcapwrite` (the MCAP writer).
 """
 
 from __future__ import annotations
@@ -16,18 +20,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from google.protobuf.message import DecodeError
-from mcap.writer import CompressionType, Writer
-
-from sleap_rtc.auth.tokens import redact
 from sleap_rtc.capture import format as fmt
+from sleap_rtc.capture.classify import FrameClassifier
+from sleap_rtc.capture.parts import SUMMARY_RESERVE, Connection, Part, fds, part_path
 from sleap_rtc.transport.link import Link
-from sleap_rtc_proto.codec import Envelope, decode
-from sleap_rtc_proto.errors import ProtocolError, UnsupportedVersion
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "ENV_CAPTURE",
+    "ENV_CAPTURE_MAX_BYTES",
+    "MIN_MAX_BYTES",
+    "CaptureWriter",
+    "Connection",
+    "RecordingLink",
+    "capture_from_env",
+    "parse_size",
+]
 
 log = logging.getLogger("sleap_rtc.capture")
 
@@ -41,175 +52,13 @@ MIN_MAX_BYTES = 64 * 1024
 DEFAULT_MAX_FILES = 10
 DEFAULT_QUEUE_FRAMES = 100_000
 DEFAULT_CHUNK_BYTES = 1024 * 1024
-#: Fragmented messages held back (per connection and direction) until complete.
-_MAX_PENDING_FRAGMENT_SETS = 8
-_MAX_PENDING_FRAGMENT_BYTES = 64 * 1024 * 1024
-#: Bytes kept free in each file for the summary written when it is finished.
-_SUMMARY_RESERVE = 2048
 _ROLES = ("client", "worker")
-
-
-class _CountingFile:
-    """A binary file that counts what was written (the mcap writer calls tell())."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self.written = 0
-
-    def write(self, data: bytes) -> int:
-        self._stream.write(data)
-        self.written += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.written
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def close(self) -> None:
-        self._stream.close()
-
-
-@dataclass(frozen=True)
-class Connection:
-    """One recorded connection: its id, both peers, and which side records it."""
-
-    connection_id: str
-    local_peer: str
-    remote_peer: str
-    local_role: str
-
-    def metadata(self, direction: str) -> dict[str, str]:
-        client, worker = (
-            (self.local_peer, self.remote_peer)
-            if self.local_role == "client"
-            else (self.remote_peer, self.local_peer)
-        )
-        meta = {
-            "connection_id": self.connection_id,
-            "local_peer": self.local_peer,
-            "remote_peer": self.remote_peer,
-            "local_role": self.local_role,
-            "client_peer": client,
-            "worker_peer": worker,
-        }
-        if direction:
-            meta["direction"] = direction
-        return meta
-
-
-class _Part:
-    """One MCAP file of a capture."""
-
-    def __init__(
-        self,
-        path: Path,
-        index: int,
-        chunk_size: int,
-        compression: CompressionType,
-        meta: dict[str, str],
-    ) -> None:
-        self.path = path
-        self.index = index
-        self._file = _CountingFile(open(path, "wb"))  # noqa: SIM115 - closed in finish()
-        self._writer = Writer(
-            self._file,  # type: ignore[arg-type]
-            chunk_size=chunk_size,
-            compression=compression,
-        )
-        self._writer.start(profile="", library=f"sleap-rtc capture ({fmt.FORMAT_VERSION})")
-        self._schema = self._writer.register_schema(
-            name=fmt.SCHEMA_NAME, encoding="protobuf", data=_fds()
-        )
-        self._writer.add_metadata(fmt.METADATA_NAME, {**meta, "part": str(index)})
-        self._channels: dict[tuple[str, str], int] = {}
-        self._sequence: dict[int, int] = {}
-        self.pending = 0  # bytes added since the last chunk reached the file
-        self._last_written = self._file.written
-        self.chunks = 0
-
-    @property
-    def size(self) -> int:
-        return self._file.written
-
-    def estimate(self, extra: int) -> int:
-        """File size if ``extra`` more bytes were added and the file finished now."""
-        # The summary repeats the schema and channels, and indexes every chunk.
-        return (
-            self._file.written
-            + self.pending
-            + extra
-            + 64
-            + _SUMMARY_RESERVE
-            + len(_fds())
-            + 128 * (self.chunks + 1) * max(1, len(self._channels))
-            + 384 * (len(self._channels) + 1)
-        )
-
-    def channel(self, conn: Connection, direction: str, raw: bool) -> int:
-        key = (conn.connection_id, "raw" if raw else direction)
-        channel_id = self._channels.get(key)
-        if channel_id is None:
-            if raw:
-                meta = conn.metadata("")
-                meta["format"] = (
-                    "one JSON header line (direction, reason), b'\\n', the frame unchanged"
-                )
-                channel_id = self._writer.register_channel(fmt.RAW_TOPIC, fmt.RAW_ENCODING, 0, meta)
-            else:
-                channel_id = self._writer.register_channel(
-                    fmt.topic_for(direction),
-                    fmt.PROTOBUF_ENCODING,
-                    self._schema,
-                    conn.metadata(direction),
-                )
-            self._channels[key] = channel_id
-        return channel_id
-
-    def add(self, channel_id: int, log_time: int, publish_time: int, data: bytes) -> None:
-        seq = self._sequence.get(channel_id, 0) + 1
-        self._sequence[channel_id] = seq
-        self._writer.add_message(channel_id, log_time, data, publish_time, seq)
-        if self._file.written != self._last_written:
-            self._last_written = self._file.written
-            self.pending = 0
-            self.chunks += 1
-        self.pending += len(data) + 64  # record header and its message index entry
-
-    def finish(self) -> None:
-        try:
-            self._writer.finish()  # type: ignore[no-untyped-call]
-        finally:
-            self._file.close()
-
-
-_FDS: bytes | None = None
-
-
-def _fds() -> bytes:
-    global _FDS
-    if _FDS is None:
-        _FDS = fmt.envelope_file_descriptor_set()
-    return _FDS
-
-
-@dataclass
-class _FragmentSet:
-    conn: Connection
-    count: int
-    first_time: int
-    frames: list[tuple[int, int, bytes, bytes]] = field(
-        default_factory=list
-    )  # (t, index, frame, data)
-    size: int = 0
-
 
 # One queued frame: (connection, direction, log time ns, frame)
 _Item = tuple[Connection, str, int, bytes]
 
 
-class CaptureWriter:
+class CaptureWriter(FrameClassifier):
     """Writes datachannel frames of one or more connections into an MCAP capture.
 
     Args:
@@ -258,11 +107,7 @@ class CaptureWriter:
         self.queue_frames = queue_frames
         self.clock = clock
         self._chunk_size = max(4096, min(chunk_size, max_bytes // 4))
-        self._compression = {
-            "zstd": CompressionType.ZSTD,
-            "lz4": CompressionType.LZ4,
-            "none": CompressionType.NONE,
-        }[compression]
+        self._compression = {"zstd": "zstd", "lz4": "lz4", "none": ""}[compression]
         self._meta = {
             "format": fmt.FORMAT_VERSION,
             "tokens": "redacted" if redact_tokens else "kept",
@@ -283,9 +128,8 @@ class CaptureWriter:
         self._closed = False
         self._queue: deque[_Item] = deque()
         self._lock = threading.Lock()  # guards the part and the fragment sets
-        self._fragments: dict[tuple[str, str, int], _FragmentSet] = {}
-        self._fragment_bytes = 0
-        self._part: _Part | None = None
+        FrameClassifier.__init__(self)
+        self._part: Part | None = None
         self._part_index = 0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -422,16 +266,10 @@ class CaptureWriter:
         self._finish_part()
 
     # -- files -------------------------------------------------------------
-
-    def _part_path(self, index: int) -> Path:
-        if index == 0:
-            return self.path
-        return self.path.with_name(f"{self.path.stem}.{index}{self.path.suffix or '.mcap'}")
-
     def _open_part(self) -> None:
-        path = self._part_path(self._part_index)
+        path = part_path(self.path, self._part_index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._part = _Part(path, self._part_index, self._chunk_size, self._compression, self._meta)
+        self._part = Part(path, self._part_index, self._chunk_size, self._compression, self._meta)
         self.paths.append(path)
 
     def _finish_part(self) -> None:
@@ -462,7 +300,7 @@ class CaptureWriter:
         part = self._part
         if part is None or not self._active:
             return
-        if len(data) + 2 * len(_fds()) + _SUMMARY_RESERVE + 4096 > self.max_bytes:
+        if len(data) + 2 * len(fds()) + SUMMARY_RESERVE + 4096 > self.max_bytes:
             data = fmt.raw_header(
                 direction, f"frame of {len(data)} bytes omitted: over the capture size cap"
             )
@@ -476,100 +314,6 @@ class CaptureWriter:
             assert part is not None
         part.add(part.channel(conn, direction, raw), t, publish, data)
         self.written += 1
-
-    def _add_raw(
-        self, conn: Connection, direction: str, t: int, frame: bytes, reason: str, **extra: str
-    ) -> None:
-        if self.redact_tokens and b"eyJ" in frame:
-            scrubbed = fmt.JWT_RE.sub(fmt.REDACTED_JWT.encode(), frame)
-            if scrubbed != frame:
-                frame = scrubbed
-                extra["redacted"] = "jwt"
-        self._add(conn, direction, True, t, t, fmt.raw_header(direction, reason, **extra) + frame)
-
-    # -- classification ----------------------------------------------------
-
-    def _write_frame(self, conn: Connection, direction: str, t: int, frame: bytes) -> None:
-        if fmt.looks_legacy(frame):
-            self._add_raw(conn, direction, t, frame, "legacy text frame")
-            return
-        try:
-            envelope = decode(frame, max_bytes=1 << 62)
-        except UnsupportedVersion:
-            envelope = Envelope()
-            try:
-                envelope.ParseFromString(frame)
-            except (DecodeError, RuntimeError, ValueError):
-                self._add_raw(conn, direction, t, frame, "not a protobuf Envelope")
-                return
-        except ProtocolError as exc:
-            self._add_raw(conn, direction, t, frame, exc.message)
-            return
-        publish = envelope.sent_time_unix_nano or t
-        body = envelope.WhichOneof("body")
-        if body == "fragment":
-            self._fragment(conn, direction, t, frame, envelope)
-            return
-        if body == "hello" and self.redact_tokens and envelope.hello.token:
-            envelope.hello.token = redact(envelope.hello.token)
-            frame = envelope.SerializeToString()
-        self._add(conn, direction, False, t, publish, frame)
-
-    def _fragment(
-        self, conn: Connection, direction: str, t: int, frame: bytes, envelope: Any
-    ) -> None:
-        """Hold a fragment set until complete, so a fragmented Hello can be redacted."""
-        if not self.redact_tokens:
-            self._add(conn, direction, False, t, envelope.sent_time_unix_nano or t, frame)
-            return
-        piece = envelope.fragment
-        key = (conn.connection_id, direction, piece.fragmented_message_id)
-        fset = self._fragments.get(key)
-        if fset is None:
-            fset = self._fragments[key] = _FragmentSet(conn, max(piece.count, 1), t)
-        fset.frames.append((t, piece.index, frame, piece.data))
-        fset.size += len(frame)
-        self._fragment_bytes += len(frame)
-        if len({index for _, index, _, _ in fset.frames}) >= fset.count:
-            del self._fragments[key]
-            self._fragment_bytes -= fset.size
-            self._complete_fragments(conn, direction, fset)
-        self._flush_fragments(final=False)
-
-    def _complete_fragments(self, conn: Connection, direction: str, fset: _FragmentSet) -> None:
-        pieces = sorted(fset.frames, key=lambda item: item[1])
-        whole = Envelope()
-        try:
-            whole.ParseFromString(b"".join(data for _, _, _, data in pieces))
-            hello = whole.WhichOneof("body") == "hello" and bool(whole.hello.token)
-        except (DecodeError, RuntimeError, ValueError):
-            hello = False
-        if hello:
-            whole.hello.token = redact(whole.hello.token)
-            self._add(
-                conn, direction, False, fset.first_time, fset.first_time, whole.SerializeToString()
-            )
-            return
-        for t, _, frame, _ in fset.frames:
-            self._add(conn, direction, False, t, t, frame)
-
-    def _flush_fragments(self, *, final: bool) -> None:
-        """Drop incomplete sets at close or over the caps: unchecked, they might hold a token."""
-        now = self.clock()
-        for key, fset in list(self._fragments.items()):
-            too_many = len(self._fragments) > _MAX_PENDING_FRAGMENT_SETS
-            too_big = self._fragment_bytes > _MAX_PENDING_FRAGMENT_BYTES
-            stale = now - fset.first_time > 120 * 10**9
-            if not (final or too_many or too_big or stale):
-                continue
-            del self._fragments[key]
-            self._fragment_bytes -= fset.size
-            conn = fset.conn
-            note = (
-                f"{len(fset.frames)} of {fset.count} fragments of message {key[2]} not recorded: "
-                "the set never completed, so it could not be checked for tokens"
-            )
-            self._add_raw(conn, key[1], fset.first_time, b"", note)
 
 
 class RecordingLink:

@@ -34,7 +34,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--fake-trainer",
         action="store_true",
-        help="use the test suite's stand-in trainer instead of sleap-nn (seconds, no torch)",
+        help="for development: use the test suite's stand-in trainer instead of sleap-nn "
+        "(seconds, no torch; needs a source checkout, where tests/support/ exists)",
     )
     parser.add_argument(
         "--trainer-command", metavar="CMD", help="trainer program and leading arguments"

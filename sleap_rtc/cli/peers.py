@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Seconds between checks of the worker's busy/available status.
-STATUS_POLL_S = 1.0
 #: The seed's message when the worker cannot be reached (the flow fails closed).
 UNREACHABLE_WORKER = "Could not connect to worker. Check that the worker is running."
 
@@ -183,7 +181,9 @@ class WorkerRuntime:
     connections: int = 0
 
 
-def worker_metadata(settings: WorkerSettings, *, status: str = "available") -> dict[str, Any]:
+def worker_metadata(
+    settings: WorkerSettings, *, status: str = "available", active_jobs: int = 0
+) -> dict[str, Any]:
     """What clients of the room see about this worker in discovery."""
     from sleap_rtc import __version__
 
@@ -201,6 +201,7 @@ def worker_metadata(settings: WorkerSettings, *, status: str = "available") -> d
             "mounts": [m.label for m in settings.mounts],
             "versions": versions,
             "max_concurrency": settings.concurrency,
+            "active_jobs": active_jobs,
         },
     }
 
@@ -313,6 +314,7 @@ async def run_worker(
     import signal
 
     from sleap_rtc.cli.common import write_ready_file
+    from sleap_rtc.cli.status import StatusReporter
     from sleap_rtc.signaling.client import SignalingClient, SignalingError
     from sleap_rtc.transport.webrtc import DataChannelLink, serve_links
 
@@ -351,17 +353,12 @@ async def run_worker(
             )
         await service.serve(served, peer_id=link.peer_id)
 
-    async def report_status(sig: SignalingClient) -> None:
-        """Tell the room 'busy' while every job slot is taken, 'available' otherwise."""
-        shown = "available"
-        while True:
-            await asyncio.sleep(STATUS_POLL_S)
-            busy = service.registry.active_count() >= settings.concurrency
-            status = "busy" if busy else "available"
-            if status != shown:
-                with contextlib.suppress(SignalingError):
-                    await sig.update_metadata(worker_metadata(settings, status=status))
-                    shown = status
+    # Busy while every job slot is taken, available otherwise (see cli/status.py).
+    status = StatusReporter(
+        service,
+        settings.concurrency,
+        lambda shown, active: worker_metadata(settings, status=shown, active_jobs=active),
+    )
 
     async def session() -> None:
         sig = await SignalingClient.connect(settings.signaling_url, timeout=10.0)
@@ -370,7 +367,7 @@ async def run_worker(
                 room_id=settings.room,
                 role="worker",
                 worker_key=credential,
-                metadata=worker_metadata(settings),
+                metadata=status.registration_metadata(),
             )
             if settings.jwks_file is None:
                 keys.update(await sig.jwks())
@@ -381,7 +378,7 @@ async def run_worker(
                 + ", ".join(f"{m.label}={m.path}" for m in settings.mounts)
             )
             write_ready_file(ready_file, reg.peer_id)
-            status_task = asyncio.ensure_future(report_status(sig))
+            status_task = asyncio.ensure_future(status.run(sig))
             try:
                 await serve_links(
                     sig,
@@ -428,7 +425,8 @@ async def run_worker(
                 raise CliError(str(error), ExitCode.UNREACHABLE)
             out(f"signaling server unreachable ({error}); retrying in {backoff:.0f} s")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await stopping.wait()
             backoff = min(backoff * 2, 30.0)
     finally:
         for sig in installed:

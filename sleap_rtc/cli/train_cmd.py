@@ -325,8 +325,13 @@ async def reattach(
         for sink in sinks:
             getattr(sink, "open", lambda: None)()
         stop_sent = False
+        me = asyncio.current_task()
         try:
             while True:
+                if me is not None and me.cancelling():
+                    # A cancellation (Ctrl-C twice) swallowed by a wait_for below us on
+                    # Python 3.11 still counts: leave the job running, as asked.
+                    raise asyncio.CancelledError
                 if stop_requested() and not stop_sent:
                     stop_sent = True
                     await conn.control(job_id, job_pb2.CONTROL_ACTION_STOP, timeout_s=10)

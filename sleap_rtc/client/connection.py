@@ -21,24 +21,25 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 
-from sleap_rtc.client.session import (
-    ClientSession,
+from sleap_rtc.client.events import (
     ErrorReceived,
     Event,
     HelloAccepted,
     HelloRefused,
     JobAcceptedEvent,
     JobCompleted,
+    JobEvent,
     JobFailedEvent,
     JobRejectedEvent,
     JobStatusReceived,
     LogReceived,
-    Outgoing,
     PathCheckAnswered,
     ProgressReceived,
     ProtocolViolation,
     RequestTimedOut,
+    job_id_of,
 )
+from sleap_rtc.client.session import ClientSession, Outgoing
 from sleap_rtc.transport.link import Link, LinkClosed
 from sleap_rtc_proto.v1 import handshake_pb2, job_pb2, paths_pb2, spec_pb2
 
@@ -47,7 +48,15 @@ log = logging.getLogger(__name__)
 #: Seconds :meth:`WorkerConnection.events` waits for the next job event by default.
 DEFAULT_IDLE_TIMEOUT_S = 600.0
 
-JobEvent = ProgressReceived | LogReceived | JobCompleted | JobFailedEvent
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT_S",
+    "ConnectionLost",
+    "HelloRefusedError",
+    "JobEvent",
+    "RemoteError",
+    "RequestTimeout",
+    "WorkerConnection",
+]
 
 
 class ConnectionLost(LinkClosed):
@@ -97,6 +106,9 @@ class WorkerConnection:
         self._events: asyncio.Queue[JobEvent | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self._lost: BaseException | None = None
+        #: ``clock()`` when the last frame arrived (or the connection was made):
+        #: how long the link has been silent, for liveness probes.
+        self.last_received: float = clock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -227,7 +239,8 @@ class WorkerConnection:
             item = self._events.get_nowait()
         else:
             try:
-                item = await asyncio.wait_for(self._events.get(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    item = await self._events.get()
             except TimeoutError:
                 raise RequestTimeout(f"no job event within {timeout_s:g} s") from None
         if item is None:
@@ -244,7 +257,7 @@ class WorkerConnection:
         """
         while True:
             event = await self.next_event(timeout_s=idle_timeout_s)
-            if job_id is not None and _job_id_of(event) != job_id:
+            if job_id is not None and job_id_of(event) != job_id:
                 continue
             yield event
             if job_id is not None and isinstance(event, JobCompleted | JobFailedEvent):
@@ -268,7 +281,8 @@ class WorkerConnection:
                 except LinkClosed as exc:
                     raise ConnectionLost(f"the link closed while sending: {exc}") from None
             try:
-                event = await asyncio.wait_for(asyncio.shield(future), max(timeout, 0.0))
+                async with asyncio.timeout(max(timeout, 0.0)):
+                    event = await asyncio.shield(future)
             except TimeoutError:
                 self._expire()
                 if not future.done():
@@ -302,6 +316,7 @@ class WorkerConnection:
         try:
             while True:
                 frame = await self.link.recv()
+                self.last_received = self.clock()
                 for event in self.session.receive(frame, self.clock()):
                     self._handle(event)
         except LinkClosed as exc:
@@ -345,12 +360,3 @@ class WorkerConnection:
                 waiter.set_exception(ConnectionLost(str(reason)))
         self._events.put_nowait(None)
 
-
-def _job_id_of(event: JobEvent) -> str:
-    if isinstance(event, ProgressReceived):
-        return event.progress.job_id
-    if isinstance(event, LogReceived):
-        return event.log.job_id
-    if isinstance(event, JobCompleted):
-        return event.complete.job_id
-    return event.failed.job_id

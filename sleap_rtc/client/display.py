@@ -7,12 +7,17 @@
 >>> out = io.StringIO()
 >>> display = TerminalProgress(console=Console(file=out, width=100, color_system=None))
 >>> display.handle(ProgressReceived(p.JobProgress(event=p.PROGRESS_EVENT_EPOCH_END, epoch=0,
-...     metrics={"train/loss": 0.5, "val/loss": 0.25})))
+...     metrics={"val/loss": 0.25, "train/loss": 0.5, "lr-Adam": 1e-4, "val/mAP": 0.7})))
 >>> print(out.getvalue().strip())
-epoch 1: train/loss 0.5000  val/loss 0.2500
+epoch 1: train/loss 0.5000  val/loss 0.2500  lr-Adam 0.0001
+
+By default only the losses and the learning rate are shown; ``verbose=True``
+shows every metric the trainer reports.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from rich.console import Console
 from rich.markup import escape
@@ -26,6 +31,42 @@ from sleap_rtc.client.session import (
 )
 from sleap_rtc_proto.v1 import progress_pb2
 
+#: Loss names shown by default, in this order (sleap-nn's and LossViewer's).
+_LOSSES = ("loss", "train/loss", "train_loss", "val/loss", "val_loss")
+
+
+def _rank(name: str) -> int | None:
+    """Where a metric goes in the default line (None: only shown when verbose)."""
+    if name in _LOSSES:
+        return _LOSSES.index(name)
+    last = name.lower().rsplit("/", 1)[-1]
+    if last in ("lr", "learning_rate") or last.startswith(("lr-", "lr_", "learning_rate")):
+        return len(_LOSSES)
+    return None
+
+
+def format_metrics(metrics: Mapping[str, float], *, verbose: bool = False) -> str:
+    """``name value`` pairs: the losses, then the learning rate; with ``verbose``
+    every other metric after them (by name).
+
+    >>> format_metrics({"val/mAP": 0.5, "val/loss": 0.25, "train/loss": 0.5, "lr": 3e-05})
+    'train/loss 0.5000  val/loss 0.2500  lr 3e-05'
+    >>> format_metrics({"val/mAP": 0.5, "val/loss": 0.25}, verbose=True)
+    'val/loss 0.2500  val/mAP 0.5000'
+    """
+    ranked = [(_rank(name), name) for name in metrics]
+    shown = sorted(
+        ((len(_LOSSES) + 1 if rank is None else rank, name) for rank, name in ranked
+         if verbose or rank is not None),
+    )
+    return "  ".join(f"{name} {_number(metrics[name])}" for _, name in shown)
+
+
+def _number(value: float) -> str:
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+        return f"{value:.3g}"
+    return f"{value:.4f}"
+
 
 class TerminalProgress:
     """Prints training progress: one line per epoch, batch losses every ``batch_every``.
@@ -35,6 +76,8 @@ class TerminalProgress:
         batch_every: print every n-th batch_end (0: never).
         show_logs: also print the trainer's output lines.
         max_epochs: shown as "epoch 3/10" when known.
+        verbose: print every metric; by default only the losses (train/loss,
+            val/loss, a batch's loss) and the learning rate.
     """
 
     def __init__(
@@ -44,11 +87,13 @@ class TerminalProgress:
         batch_every: int = 0,
         show_logs: bool = False,
         max_epochs: int | None = None,
+        verbose: bool = False,
     ) -> None:
         self.console = console or Console()
         self.batch_every = batch_every
         self.show_logs = show_logs
         self.max_epochs = max_epochs
+        self.verbose = verbose
 
     def _epoch(self, epoch: int) -> str:
         return f"{epoch + 1}/{self.max_epochs}" if self.max_epochs else str(epoch + 1)
@@ -57,7 +102,7 @@ class TerminalProgress:
         c = self.console
         if isinstance(event, ProgressReceived):
             p = event.progress
-            metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(p.metrics.items()))
+            metrics = escape(format_metrics(p.metrics, verbose=self.verbose))
             if p.event == progress_pb2.PROGRESS_EVENT_TRAIN_BEGIN:
                 c.print(f"Training started (job {escape(p.job_id)}).")
             elif p.event == progress_pb2.PROGRESS_EVENT_EPOCH_END:

@@ -10,15 +10,16 @@ same shape; so do the two here:
   suggestion, a typed path, ``p`` = apply the prefix proposal, ``s`` = skip,
   ``c`` = cancel). Input and output are injectable.
 - :class:`AutoResolver`: non-interactive; takes the best suggestion scoring at
-  least ``threshold``, else raises :class:`ResolutionFailed` listing what is missing.
+  least ``threshold`` (default 0.6, see its scale), else raises
+  :class:`ResolutionFailed` listing what is missing.
 
 Saved prefix rules live in a small JSON file (:class:`PrefixStore`).
 
 >>> from sleap_rtc.client.views import CheckView, LabelsView, SuggestionView, VideoView
 >>> view = CheckView(labels=LabelsView("/l.slp", "/l.slp", "found"), videos=(
 ...     VideoView(0, "/old/a.mp4", "/old/a.mp4", "missing",
-...               suggestions=(SuggestionView("/mnt/a.mp4", "same_name", 0.95),)),))
->>> AutoResolver(threshold=0.9)(view).path_mappings
+...               suggestions=(SuggestionView("/mnt/a.mp4", "same_name", 0.65),)),))
+>>> AutoResolver()(view).path_mappings
 {'/old/a.mp4': '/mnt/a.mp4'}
 """
 
@@ -142,6 +143,11 @@ def prefixes_learned(resolution_paths: Mapping[str, str]) -> dict[str, str]:
 # ----------------------------------------------------------------------------- policy
 
 
+#: The lowest suggestion score :class:`AutoResolver` accepts by default (as the
+#: CLI's ``--min-score``): a same-name file with two matching parent folders, or better.
+DEFAULT_MIN_SCORE = 0.6
+
+
 class AutoResolver:
     """Non-interactive resolution: saved rules first, then confident suggestions.
 
@@ -149,9 +155,31 @@ class AutoResolver:
     returned (the worker re-checks them). Then each missing video takes its
     best suggestion when ``score >= threshold``. Anything left raises
     :class:`ResolutionFailed` with the list.
+
+    The worker scores suggestions from 0 to 1:
+
+    ======================================  ==========================
+    reason                                  score
+    ======================================  ==========================
+    a prefix rule that fixes other videos   0.90-0.99 (more evidence, higher)
+    same name and same size                 0.80-0.85 (+ matching folders)
+    next to the labels file                 0.70
+    same name                               0.45 + 0.10 per matching trailing
+                                            folder (at most 3: 0.75)
+    same name, ambiguous (many such files)  0.35-0.45
+    same name, different size               half of the above
+    ======================================  ==========================
+
+    The default ``threshold`` 0.6 accepts everything down to a same-name file
+    whose two parent folders match (0.65), and refuses a bare or ambiguous
+    name match. Raise it (0.8) to accept only size- or rule-backed matches.
+
+    Args:
+        threshold: the lowest score accepted.
+        use_saved: try saved prefix rules first.
     """
 
-    def __init__(self, threshold: float = 0.9, *, use_saved: bool = True) -> None:
+    def __init__(self, threshold: float = DEFAULT_MIN_SCORE, *, use_saved: bool = True) -> None:
         self.threshold = threshold
         self.use_saved = use_saved
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, TextIO
 
 from sleap_rtc.capture import format as fmt
@@ -94,15 +94,38 @@ def summarize(rec: Record) -> str:
     return text
 
 
-def write_json(lines: Iterator[str], out: TextIO, limit: int) -> int:
+def write_json(batches: Iterable[list[str]], out: TextIO, limit: int = 0) -> int:
+    """Write batches of JSON lines in big writes; stop after ``limit`` lines (0: all).
+
+    An item of a batch may hold several lines joined by newlines (the fast
+    path gives one item per chunk of the capture): it is written as it is.
+    """
     n = 0
     write = out.write
-    for line in lines:
-        write(line + "\n")
-        n += 1
-        if limit and n >= limit:
-            break
+    for batch in batches:
+        count = len(batch) + sum(item.count("\n") for item in batch)
+        if limit and n + count >= limit:
+            lines = "\n".join(batch).split("\n")[: limit - n]
+            write("\n".join(lines) + "\n")
+            return n + len(lines)
+        if len(batch) == 1:
+            write(batch[0])  # no copy of a chunk's worth of text
+            write("\n")
+        elif batch:
+            write("\n".join(batch) + "\n")
+        n += count
     return n
+
+
+def _batches(lines: Iterator[str], size: int = 1024) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 #: Captures at least this big are decoded in parallel by default.
@@ -129,8 +152,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     records = selected(reader, args)
     if args.json:
         fast = make_predicate(args) is None and not args.fragments
-        lines = reader.json_lines(_jobs(args)) if fast else (r.json_line() for r in records)
-        write_json(lines, stream, args.limit)
+        batches = (
+            reader.json_batches(_jobs(args)) if fast else _batches(r.json_line() for r in records)
+        )
+        write_json(batches, stream, args.limit)
         return report_problems(reader)
     color = args.color == "always" or (args.color == "auto" and out is None and stream.isatty())
     width = args.width

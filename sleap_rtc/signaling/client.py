@@ -27,6 +27,8 @@ from sleap_rtc.signaling import protocol as P
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
+#: Seconds the closing handshake may take before the connection is dropped.
+CLOSE_TIMEOUT_S = 3.0
 #: Relayed messages kept while nobody takes them; the oldest are dropped past this.
 INBOX_LIMIT = 256
 
@@ -122,9 +124,8 @@ class SignalingClient:
     async def connect(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> SignalingClient:
         """Open a connection to ``url`` (ws:// or wss://) within ``timeout`` seconds."""
         try:
-            ws = await asyncio.wait_for(
-                connect(url, open_timeout=timeout, max_size=P.MAX_MESSAGE_BYTES * 4), timeout
-            )
+            async with asyncio.timeout(timeout):
+                ws = await connect(url, open_timeout=timeout, max_size=P.MAX_MESSAGE_BYTES * 4)
         except TimeoutError:
             raise SignalingError(
                 "timeout", f"signaling server {url} did not answer within {timeout:g} s"
@@ -150,7 +151,8 @@ class SignalingClient:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._ws.close(), 3.0)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._ws.close()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._reader
@@ -185,7 +187,10 @@ class SignalingClient:
             except ConnectionClosed as exc:
                 raise SignalingError("closed", f"signaling connection closed: {exc}") from None
             try:
-                reply = await asyncio.wait_for(asyncio.shield(fut), wait)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can return a reply that
+                # arrived together with a cancellation and swallow the cancellation.
+                async with asyncio.timeout(wait):
+                    reply = await fut
             except TimeoutError:
                 raise SignalingError(
                     "timeout", f"no answer to {msg.get('type')!r} within {wait:g} s"

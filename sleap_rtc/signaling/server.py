@@ -10,7 +10,9 @@ One websockets server does two jobs:
 - **HTTP** (``process_request``), for what a browser or a verifier needs:
   ``GET /.well-known/jwks.json`` (public keys), ``GET /login`` (the login form)
   and ``GET /login/submit`` (checks the room's login secret, issues a token and
-  redirects to the client's loopback callback), ``GET /healthz``.
+  redirects to the client's loopback callback), ``GET /healthz``. That side and
+  the login desk live in :mod:`sleap_rtc.signaling.web`; the limits in
+  :mod:`sleap_rtc.signaling.limits`.
 
 Bad input never stops the server: a garbage, oversize, non-JSON, unknown or
 incomplete message gets an ``error`` {code, reason} and the connection stays
@@ -22,90 +24,58 @@ field it sent.
 from __future__ import annotations
 
 import asyncio
-import html
-import json
 import logging
 import secrets
 import time
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from sleap_rtc.auth.tokens import DEFAULT_TTL_S, TokenError, TokenIssuer, TokenVerifier
 from sleap_rtc.signaling import protocol as P
+from sleap_rtc.signaling.limits import Limits, TokenBucket
 from sleap_rtc.signaling.protocol import ErrorCode, MessageError
 from sleap_rtc.signaling.rooms import PeerEntry, Registry, RoomConfig, load_rooms, save_rooms
+from sleap_rtc.signaling.web import (
+    JWKS_PATH,
+    LOGIN_PATH,
+    LOGIN_SCRIPT,
+    LOGIN_SUBMIT_PATH,
+    LOOPBACK_HOSTS,
+    LoginDesk,
+    http_response,
+)
+
+__all__ = [
+    "JWKS_PATH",
+    "KEY_FILE",
+    "LOGIN_PATH",
+    "LOGIN_SCRIPT",
+    "LOGIN_SUBMIT_PATH",
+    "LOOPBACK_HOSTS",
+    "ROOMS_FILE",
+    "Limits",
+    "SignalingServer",
+    "TokenBucket",
+    "serve_signaling",
+]
 
 log = logging.getLogger(__name__)
 
 KEY_FILE = "signing_key.pem"
 ROOMS_FILE = "rooms.toml"
-JWKS_PATH = "/.well-known/jwks.json"
-LOGIN_PATH = "/login"
-LOGIN_SUBMIT_PATH = "/login/submit"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: (sender role, target role) pairs each relayed type may travel between.
 _RELAY_ROLES: dict[str, frozenset[tuple[str, str]]] = {
     "offer": frozenset({("client", "worker")}),
     "answer": frozenset({("worker", "client")}),
     "candidate": frozenset({("client", "worker"), ("worker", "client")}),
 }
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-connection limits and timers of the server."""
-
-    #: Largest message handled; bigger ones (up to ``hard_max_bytes``) get an error.
-    max_message_bytes: int = P.MAX_MESSAGE_BYTES
-    #: Messages over this close the connection (websocket close 1009).
-    hard_max_bytes: int = 1024 * 1024
-    #: Sustained messages per second per connection, and the burst allowed.
-    rate_per_s: float = 20.0
-    burst: int = 40
-    #: Rate-limited messages tolerated before the connection is closed (1008).
-    max_rate_violations: int = 100
-    #: Websocket ping interval and pong timeout: a peer silent past both is dropped.
-    ping_interval_s: float = 20.0
-    ping_timeout_s: float = 20.0
-    #: How long a closing handshake may take before the TCP connection is dropped.
-    close_timeout_s: float = 2.0
-    #: A connection that has not registered by then is closed.
-    register_timeout_s: float = 15.0
-    #: Relaying to a peer that does not take the message within this is an error.
-    relay_timeout_s: float = 5.0
-    #: Failed login attempts per room within ``login_window_s`` before refusing.
-    max_login_failures: int = 10
-    login_window_s: float = 60.0
-    max_connections: int = 1000
-
-
-class TokenBucket:
-    """A token bucket: ``take()`` is False when the caller is over its rate."""
-
-    def __init__(self, rate: float, burst: int, *, now: float | None = None) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = time.monotonic() if now is None else now
-
-    def take(self, now: float | None = None) -> bool:
-        t = time.monotonic() if now is None else now
-        self.tokens = min(self.burst, self.tokens + (t - self.stamp) * self.rate)
-        self.stamp = t
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass(eq=False)
@@ -138,7 +108,13 @@ class SignalingServer:
         self.registry = Registry()
         self._conns: dict[str, _Conn] = {}
         self._all: set[_Conn] = set()
-        self._login_failures: dict[str, list[float]] = {}
+        self.login = LoginDesk(
+            self.rooms,
+            issuer,
+            token_ttl_s=token_ttl_s,
+            max_failures=self.limits.max_login_failures,
+            window_s=self.limits.login_window_s,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
         self.host = ""
@@ -229,7 +205,8 @@ class SignalingServer:
     async def _send(self, conn: _Conn, msg: Mapping[str, Any]) -> None:
         try:
             async with conn.send_lock:
-                await asyncio.wait_for(conn.ws.send(P.dumps(msg)), self.limits.relay_timeout_s)
+                async with asyncio.timeout(self.limits.relay_timeout_s):
+                    await conn.ws.send(P.dumps(msg))
         except (ConnectionClosed, TimeoutError):
             pass
 
@@ -283,7 +260,7 @@ class SignalingServer:
         if kind == "jwks":
             return {"type": "jwks", **self.jwks()}
         if kind == "login":
-            return self._login_message(msg)
+            return self.login.login_message(msg)
         if kind == "register":
             return self._register(conn, msg)
         peer = conn.peer
@@ -414,7 +391,8 @@ class SignalingServer:
             out["session"] = msg["session"][:64]
         try:
             async with conn.send_lock:
-                await asyncio.wait_for(conn.ws.send(P.dumps(out)), self.limits.relay_timeout_s)
+                async with asyncio.timeout(self.limits.relay_timeout_s):
+                    await conn.ws.send(P.dumps(out))
         except (ConnectionClosed, TimeoutError):
             raise MessageError(
                 ErrorCode.UNKNOWN_PEER, f"peer {target_id!r} did not take the message"
@@ -424,195 +402,7 @@ class SignalingServer:
     # -- HTTP side -------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        parsed = urllib.parse.urlsplit(request.path)
-        path = parsed.path.rstrip("/") or "/"
-        query = dict(urllib.parse.parse_qsl(parsed.query))
-        if path == JWKS_PATH:
-            return _response(HTTPStatus.OK, json.dumps(self.jwks()), "application/json")
-        if path == "/healthz":
-            return _response(HTTPStatus.OK, "ok\n", "text/plain; charset=utf-8")
-        if path == LOGIN_PATH:
-            return self._login_page(query, message="")
-        if path == LOGIN_SUBMIT_PATH:
-            return self._login_submit(query)
-        if "upgrade" not in request.headers.get("Connection", "").lower():
-            return _response(HTTPStatus.NOT_FOUND, "not found\n", "text/plain; charset=utf-8")
-        return None
-
-    def _login_page(
-        self, query: Mapping[str, str], *, message: str, status: HTTPStatus = HTTPStatus.OK
-    ) -> Response:
-        error = _check_login_params(query)
-        if error:
-            return _response(HTTPStatus.BAD_REQUEST, error + "\n", "text/plain; charset=utf-8")
-        esc = {
-            k: html.escape(query.get(k, ""), quote=True) for k in ("room", "state", "redirect_uri")
-        }
-        note = html.escape(message)
-        body = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>sleap-rtc login</title></head>
-<body><h1>sleap-rtc login</h1>
-<p>Room <b>{esc["room"]}</b>. Ask the server's operator for the room's login passphrase.</p>
-<p id="msg" class="err">{note}</p>
-<form id="login" method="get" action="{LOGIN_SUBMIT_PATH}">
-<input type="hidden" name="room" value="{esc["room"]}">
-<input type="hidden" name="state" value="{esc["state"]}">
-<input type="hidden" name="redirect_uri" value="{esc["redirect_uri"]}">
-<label>User name <input name="user" autocomplete="username" required></label><br>
-<label>Passphrase <input name="secret" type="password" autocomplete="current-password" required>
-</label><br>
-<button type="submit">Log in</button>
-</form>
-<script>{LOGIN_SCRIPT}</script>
-</body></html>
-"""
-        return _response(status, body, "text/html; charset=utf-8")
-
-    def _issue_login_token(self, room_id: str, user: str, secret: str) -> str:
-        """A token for ``user`` in ``room_id`` if ``secret`` is the room's login secret.
-
-        Raises:
-            MessageError: bad user name, throttled (too many failures), or refused.
-        """
-        if not P.ID_PATTERN.match(user):
-            raise MessageError(ErrorCode.BAD_FIELD, "user name: 1-64 letters, digits or _.:@-")
-        now = time.monotonic()
-        window = [
-            t for t in self._login_failures.get(room_id, []) if now - t < self.limits.login_window_s
-        ]
-        self._login_failures[room_id] = window
-        if len(window) >= self.limits.max_login_failures:
-            raise MessageError(
-                ErrorCode.RATE_LIMITED, "too many failed logins for this room; wait a minute"
-            )
-        room = self.rooms.get(room_id)
-        if room is None or not room.check_login_secret(secret):
-            window.append(now)
-            raise MessageError(ErrorCode.BAD_CREDENTIALS, "wrong room or passphrase")
-        log.info("issued a token for %s in room %s", user, room_id)
-        return self.issuer.issue(user, room_id, ttl_s=self.token_ttl_s)
-
-    def _login_message(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """The ``login`` request: the login page's script, or a headless login."""
-        room_id = P.require_id(msg, "room_id")
-        user = P.require_str(msg, "user", max_chars=64)
-        secret = P.require_str(msg, "secret", max_chars=1024)
-        redirect: str | None = None
-        if msg.get("redirect_uri") is not None:
-            params = {
-                "room": room_id,
-                "state": str(msg.get("state") or ""),
-                "redirect_uri": str(msg["redirect_uri"]),
-            }
-            error = _check_login_params(params)
-            if error:
-                raise MessageError(ErrorCode.BAD_FIELD, error)
-        token = self._issue_login_token(room_id, user, secret)
-        if msg.get("redirect_uri") is not None:
-            redirect = _add_query(str(msg["redirect_uri"]), {"token": token, "state": msg["state"]})
-        return {
-            "type": "token",
-            "token": token,
-            "room_id": room_id,
-            "subject": user,
-            "redirect": redirect,
-        }
-
-    def _login_submit(self, query: Mapping[str, str]) -> Response:
-        error = _check_login_params(query)
-        if error:
-            return _response(HTTPStatus.BAD_REQUEST, error + "\n", "text/plain; charset=utf-8")
-        try:
-            token = self._issue_login_token(
-                query["room"], query.get("user", "").strip(), query.get("secret", "")
-            )
-        except MessageError as exc:
-            status = {
-                ErrorCode.RATE_LIMITED: HTTPStatus.TOO_MANY_REQUESTS,
-                ErrorCode.BAD_FIELD: HTTPStatus.BAD_REQUEST,
-            }.get(exc.code, HTTPStatus.UNAUTHORIZED)
-            return self._login_page(query, message=exc.reason, status=status)
-        target = _add_query(query["redirect_uri"], {"token": token, "state": query["state"]})
-        resp = _response(
-            HTTPStatus.FOUND, "login complete; redirecting\n", "text/plain; charset=utf-8"
-        )
-        resp.headers["Location"] = target
-        return resp
-
-
-#: The login page's script: sends the form over the websocket (``login``) so the
-#: passphrase never appears in a URL; without script, the plain GET form is used.
-LOGIN_SCRIPT = """
-(function () {
-  var form = document.getElementById("login");
-  var msg = document.getElementById("msg");
-  if (!form || typeof WebSocket === "undefined") { return; }
-  form.addEventListener("submit", function (ev) {
-    ev.preventDefault();
-    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-    var ws = new WebSocket(scheme + window.location.host + "/");
-    var done = false;
-    ws.onopen = function () {
-      ws.send(JSON.stringify({
-        type: "login", request_id: "login",
-        room_id: form.elements.room.value, user: form.elements.user.value,
-        secret: form.elements.secret.value, state: form.elements.state.value,
-        redirect_uri: form.elements.redirect_uri.value
-      }));
-    };
-    ws.onmessage = function (event) {
-      done = true;
-      var reply = JSON.parse(event.data);
-      ws.close();
-      if (reply.type === "token" && reply.redirect) {
-        window.location.replace(reply.redirect);
-      } else {
-        msg.textContent = reply.reason || "Login failed.";
-      }
-    };
-    ws.onerror = function () { if (!done) { done = true; form.submit(); } };
-  });
-})();
-"""
-
-
-def _check_login_params(query: Mapping[str, str]) -> str:
-    """'' when room/state/redirect_uri are acceptable, else the problem."""
-    room = query.get("room", "")
-    if not P.ID_PATTERN.match(room):
-        return "missing or invalid 'room'"
-    state = query.get("state", "")
-    if not state or len(state) > 256:
-        return "missing or invalid 'state'"
-    uri = query.get("redirect_uri", "")
-    try:
-        parts = urllib.parse.urlsplit(uri)
-        port = parts.port
-    except ValueError:
-        return "invalid 'redirect_uri'"
-    # Only loopback callbacks: a token must never be sent to another host.
-    if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or port is None:
-        return "'redirect_uri' must be http://127.0.0.1:<port>/... (a loopback callback)"
-    return ""
-
-
-def _add_query(url: str, params: Mapping[str, str]) -> str:
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query) + list(params.items())
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
-
-
-def _response(status: HTTPStatus, body: str, content_type: str) -> Response:
-    data = body.encode()
-    headers = Headers(
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(data))),
-            ("Cache-Control", "no-store"),
-            ("Connection", "close"),
-        ]
-    )
-    return Response(status.value, status.phrase, headers, data)
+        return http_response(request, jwks=self.jwks, desk=self.login)
 
 
 def _url_host(host: str) -> str:

@@ -5,7 +5,9 @@ read lazily, see `FileIndex.entries`). The
 index is reused while warm; after ``ttl_s`` it checks the modification time of
 every directory it walked (one ``stat`` per directory, not per file) and
 rebuilds only when something was added, removed or renamed. ``refresh()``
-rebuilds at once.
+rebuilds at once. Builds are serialised: a lookup that finds a build in
+progress (e.g. the worker's start-up walk, run in a thread) waits for it
+instead of walking the mounts a second time.
 
 The walk never follows directory symlinks. A file symlink is indexed only when
 its target resolves inside the mounts (checked through the policy).
@@ -66,6 +68,7 @@ class FileIndex:
         self._max_files = max_files
         self._clock = clock
         self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
         self._snap: _Snapshot | None = None
         self._checked_at = 0.0
 
@@ -104,24 +107,39 @@ class FileIndex:
             self._snap.memo.clear()
         return self._snap.memo
 
-    def refresh(self) -> None:
-        """Rebuild the index now."""
-        snap = self._build()
+    def refresh(self, *, stop: threading.Event | None = None) -> bool:
+        """Rebuild the index now (after any build in progress).
+
+        Returns False, leaving the index as it was, when ``stop`` was set
+        before the walk ended.
+        """
+        with self._build_lock:
+            return self._rebuild(stop)
+
+    def _rebuild(self, stop: threading.Event | None = None) -> bool:
+        snap = self._build(stop)
+        if snap is None:
+            return False
         with self._lock:
             self._snap = snap
             self._checked_at = snap.built_at
+        return True
 
     def ensure_fresh(self) -> None:
         """Build if never built; after the TTL, rebuild if any directory changed."""
         snap = self._snap
         if snap is None:
-            self.refresh()
+            with self._build_lock:
+                if self._snap is None:  # not built by whoever held the lock
+                    self._rebuild()
             return
         now = self._clock()
         if now - self._checked_at < self._ttl_s:
             return
         if self.is_stale():
-            self.refresh()
+            with self._build_lock:
+                if self._snap is snap:  # nobody rebuilt it meanwhile
+                    self._rebuild()
         else:
             self._checked_at = now
 
@@ -199,7 +217,7 @@ class FileIndex:
         """Whether ``path`` (as walked) is an indexed file."""
         return path in self.lookup(path.rsplit("/", 1)[-1])
 
-    def _build(self) -> _Snapshot:
+    def _build(self, stop: threading.Event | None = None) -> _Snapshot | None:
         start = self._clock()
         snap = _Snapshot()
         names = snap.names
@@ -208,6 +226,8 @@ class FileIndex:
         stack = [str(root) for root in self._policy.roots]
         budget = self._max_files
         while stack:
+            if stop is not None and stop.is_set():
+                return None
             top = stack.pop()
             try:
                 mtimes[top] = os.stat(top, follow_symlinks=False).st_mtime_ns

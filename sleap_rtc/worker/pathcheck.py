@@ -5,7 +5,7 @@ sockets): it maps the client's paths (exact mappings first, then the longest
 prefix mapping), puts every worker path through the `MountPolicy`, reads the
 labels file's video list (`slp.read_video_refs`), reports each video, ranks
 suggestions for the missing ones, proposes prefix rules and, when everything
-passed, issues a check token (see "check tokens" below) that a later
+passed, issues a check token (see :mod:`.checktoken`) that a later
 JobSubmit must carry.
 
 Client paths may be Windows paths (``C:\\Users\\me\\a.mp4``, or ``C:/Users/...``
@@ -15,23 +15,27 @@ folded, and the original string is kept in the result.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import os
 import stat
 import threading
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from sleap_rtc.worker.checktoken import issue_check_token, verify_check_token
 from sleap_rtc.worker.index import FileIndex
-from sleap_rtc.worker.mounts import MountPolicy, NotAbsolute, PathRejected
+from sleap_rtc.worker.mounts import MountPolicy, NotAbsolute
 from sleap_rtc.worker.slp import SlpError, SlpErrorReason, VideoRef, read_video_refs
 from sleap_rtc.worker.suggest import ClientPath, Finder, Mapper
 from sleap_rtc_proto.v1 import paths_pb2
+
+__all__ = [
+    "MAX_SUGGESTIONS",
+    "PathChecker",
+    "Probe",
+    "issue_check_token",  # re-exported from checktoken
+    "verify_check_token",
+]
 
 #: Labels files whose video lists are kept (keyed by path, size and mtime).
 _REFS_CACHED = 16
@@ -157,7 +161,9 @@ class PathChecker:
                 labels.path,
                 files,
                 now=self._clock(),
-                mappings=mappings_digest(request.path_mappings, request.prefix_mappings),
+                path_mappings=request.path_mappings,
+                prefix_mappings=request.prefix_mappings,
+                labels_key=request.labels_path,
             )
         return result
 
@@ -188,12 +194,10 @@ class PathChecker:
         path a JobSubmit names; compared after resolving), with every checked
         file unchanged (same size and mtime, still inside the mounts). When
         ``path_mappings`` or ``prefix_mappings`` is given (the submit's), they
-        must equal the mappings of the checked request; ``max_age_s`` bounds
-        the token's age.
+        must equal the mappings of the checked request less the exact mapping
+        of its labels path (see :mod:`.checktoken`); ``max_age_s`` bounds the
+        token's age.
         """
-        digest = None
-        if path_mappings is not None or prefix_mappings is not None:
-            digest = mappings_digest(path_mappings or {}, prefix_mappings or {})
         return verify_check_token(
             self._secret,
             self.policy,
@@ -201,7 +205,8 @@ class PathChecker:
             labels_path=labels_path,
             now=self._clock(),
             max_age_s=max_age_s,
-            mappings=digest,
+            path_mappings=path_mappings,
+            prefix_mappings=prefix_mappings,
         )
 
     def _check_video(
@@ -299,103 +304,3 @@ class PathChecker:
                 paths_pb2.PATH_STATUS_UNREADABLE, real, f"{real} is not readable by the worker"
             )
         return Probe(paths_pb2.PATH_STATUS_FOUND, real, "", (st.st_size, st.st_mtime_ns))
-
-
-# -- check tokens -------------------------------------------------------------
-#
-# A token is ``v1.<payload>.<mac>``: payload = base64url(zlib(canonical JSON of
-# {"v", "labels", "maps", "files": [[path, size, mtime_ns], ...] sorted, "iat"})), mac =
-# base64url(HMAC-SHA256(secret, domain + canonical JSON)). Stateless: any
-# process holding the secret can verify it; a restart does not invalidate it.
-
-_DOMAIN = b"sleap-rtc/path-check-token/v1\x00"
-_MAX_TOKEN_CHARS = 8 * 1024 * 1024
-_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
-
-
-def _b64e(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64d(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(secret: bytes, canonical: bytes) -> bytes:
-    return hmac.new(secret, _DOMAIN + canonical, hashlib.sha256).digest()
-
-
-def mappings_digest(exact: Mapping[str, str], prefix: Mapping[str, str]) -> str:
-    """SHA-256 of a request's mappings (canonical JSON), bound into the token."""
-    canonical = json.dumps([sorted(exact.items()), sorted(prefix.items())], separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def issue_check_token(
-    secret: bytes,
-    labels_path: str,
-    files: list[tuple[str, int, int]],
-    *,
-    now: float,
-    mappings: str = "",
-) -> str:
-    """Sign the labels path, the checked files ``(path, size, mtime_ns)`` and
-    the digest of the request's mappings."""
-    payload = {
-        "v": 1,
-        "labels": labels_path,
-        "maps": mappings,
-        "files": sorted([p, s, m] for p, s, m in files),
-        "iat": int(now),
-    }
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    return f"v1.{_b64e(zlib.compress(canonical, 6))}.{_b64e(_mac(secret, canonical))}"
-
-
-def verify_check_token(
-    secret: bytes,
-    policy: MountPolicy,
-    token: str,
-    *,
-    labels_path: str,
-    now: float,
-    max_age_s: float | None = None,
-    mappings: str | None = None,
-) -> str | None:
-    """None if ``token`` is genuine, for ``labels_path``, and every file is
-    unchanged (re-resolved through the policy and re-stat'ed); else a reason."""
-    parts = token.split(".") if len(token) <= _MAX_TOKEN_CHARS else []
-    if len(parts) != 3 or parts[0] != "v1":
-        return "check token is malformed; run the path check again"
-    try:
-        inflater = zlib.decompressobj()
-        canonical = inflater.decompress(_b64d(parts[1]), _MAX_PAYLOAD_BYTES)
-        if inflater.unconsumed_tail or not inflater.eof:
-            return "check token is malformed; run the path check again"
-        mac = _b64d(parts[2])
-    except (ValueError, zlib.error):
-        return "check token is malformed; run the path check again"
-    if not hmac.compare_digest(mac, _mac(secret, canonical)):
-        return "check token is forged or from another worker; run the path check again"
-    data = json.loads(canonical)
-    if max_age_s is not None and now - data["iat"] > max_age_s:
-        return "check token expired; run the path check again"
-    if mappings is not None and mappings != data["maps"]:
-        return "path mappings differ from the checked ones; run the path check again"
-    try:
-        real = policy.resolve_str(labels_path)
-    except PathRejected as exc:
-        return f"labels path rejected: {exc}"
-    if real != data["labels"]:
-        return f"labels path {labels_path} differs from the checked {data['labels']}"
-    cache: dict[str, str] = {}
-    for path, size, mtime_ns in data["files"]:
-        try:
-            st = os.stat(policy.resolve_str(path, cache=cache))
-        except PathRejected:
-            return f"file {path} now resolves outside the allowed mounts"
-        except OSError:
-            return f"file {path} is missing since the check; run the path check again"
-        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) or not stat.S_ISREG(st.st_mode):
-            return f"file {path} changed since the check; run the path check again"
-    return None

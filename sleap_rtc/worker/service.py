@@ -1,13 +1,15 @@
 """The worker's asyncio adapter: one :class:`WorkerService`, one ``serve(link)`` per connection.
 
-It only feeds things: frames and ``time.monotonic()`` into a
-:class:`~sleap_rtc.worker.session.WorkerSession`, path checks into a thread
+It only feeds things: each link to a
+:class:`~sleap_rtc.worker.connection.Connection` (which pumps frames through a
+:class:`~sleap_rtc.worker.session.WorkerSession`), path checks into a thread
 (:class:`~sleap_rtc.worker.pathcheck.PathChecker`), submits into the
 :class:`~sleap_rtc.worker.jobs.JobRegistry`, accepted jobs into a
 :class:`~sleap_rtc.worker.trainer.TrainerRun`, and each job's numbered
 progress to every connection attached to it. Jobs outlive connections: a
 closed link ends ``serve()`` and leaves the jobs running; a new connection
-gets the rest with ``JobAttach``.
+gets the rest with ``JobAttach``. ``start()`` builds the file index of the
+mounts in a thread, so the first path check does not pay for the walk.
 
 >>> import asyncio, tempfile
 >>> from pathlib import Path
@@ -31,22 +33,18 @@ import dataclasses
 import importlib.metadata
 import logging
 import secrets
-import time
+import threading
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import zmq.asyncio
 
 from sleap_rtc import __version__
-from sleap_rtc.transport.link import Link, LinkClosed
-from sleap_rtc.worker.index import FileIndex
-from sleap_rtc.worker.jobs import IntakeConfig, Job, JobMessage, JobRegistry
-from sleap_rtc.worker.mounts import MountPolicy, PathRejected
-from sleap_rtc.worker.pathcheck import PathChecker
-from sleap_rtc.worker.session import (
+from sleap_rtc.transport.link import Link
+from sleap_rtc.worker.connection import Connection
+from sleap_rtc.worker.events import (
     Event,
     HelloAccepted,
     JobAttachRequested,
@@ -54,11 +52,13 @@ from sleap_rtc.worker.session import (
     JobSubmitted,
     PathCheckRequested,
     ProtocolViolation,
-    Verifier,
-    WorkerInfo,
-    WorkerSession,
     make_error,
 )
+from sleap_rtc.worker.index import FileIndex
+from sleap_rtc.worker.jobs import IntakeConfig, Job, JobRegistry
+from sleap_rtc.worker.mounts import MountPolicy, PathRejected
+from sleap_rtc.worker.pathcheck import PathChecker
+from sleap_rtc.worker.session import Verifier, WorkerInfo, WorkerSession
 from sleap_rtc.worker.trainer import (
     DEFAULT_TRAINER_COMMAND,
     ProgressUpdate,
@@ -146,86 +146,6 @@ class _JobSink:
         self.job.emit_log(stream, lines)
 
 
-class _Connection:
-    """One served link: its session, outbox and job subscriptions."""
-
-    def __init__(self, service: WorkerService, link: Link, peer_id: str) -> None:
-        self.service = service
-        self.link = link
-        self.peer_id = peer_id
-        cfg = service.config
-        self.session = WorkerSession(
-            service.info, verifier=cfg.verifier, session_id=uuid.uuid4().hex[:12]
-        )
-        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self.subscriptions: dict[str, Callable[[], None]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.dead = False
-
-    def flush(self) -> None:
-        for frame in self.session.data_to_send():
-            if self.outbox.qsize() >= self.service.config.max_outbox_frames:
-                log.warning("connection %s is not reading; closing it", self.peer_id)
-                self.kill()
-                return
-            self.outbox.put_nowait(frame)
-
-    def kill(self) -> None:
-        """Give up on this connection (its jobs keep running)."""
-        if not self.dead:
-            self.dead = True
-            self.spawn(self._close_link())
-
-    async def _close_link(self) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5.0):
-                await self.link.close()
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def writer(self) -> None:
-        timeout = self.service.config.send_timeout_s
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
-        while not self.dead:
-            frame = await self.outbox.get()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.link.send(frame)
-            except (LinkClosed, ConnectionError, TimeoutError, OSError) as exc:
-                log.info("connection %s: send failed (%s); closing", self.peer_id, exc)
-                self.kill()
-                return
-
-    async def ticker(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            if self.session.expire(time.monotonic()):
-                self.flush()
-
-    def send_job_message(self, message: JobMessage) -> None:
-        if self.dead:
-            return
-        try:
-            self.session.send(message)
-        except Exception as exc:  # e.g. an outgoing message over the size limit
-            log.warning("connection %s: cannot send %s: %s", self.peer_id, type(message), exc)
-            return
-        self.flush()
-
-    def follow(self, job: Job) -> None:
-        """Send ``job``'s later messages to this connection (once per job)."""
-        if job.job_id not in self.subscriptions:
-            self.subscriptions[job.job_id] = job.subscribe(self.send_job_message)
-
-    def drop(self) -> None:
-        for unsubscribe in self.subscriptions.values():
-            unsubscribe()
-        self.subscriptions.clear()
-
-
 class WorkerService:
     """The worker: serves connections, checks paths, accepts and runs jobs."""
 
@@ -264,21 +184,23 @@ class WorkerService:
                 max_concurrent_jobs=config.max_concurrent_jobs,
                 max_config_bytes=config.max_config_bytes,
                 require_check_token=config.require_check_token,
-                token_check=lambda token, labels: self.checker.verify_check_token(
-                    token, labels_path=labels
-                ),
+                token_check=self.checker.verify_check_token,
                 history_limit=config.history_limit,
             )
         )
         self._zmq: zmq.asyncio.Context | None = None
         self._runs: dict[str, asyncio.Task[None]] = {}
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
+        self._index_stop = threading.Event()
+        self._index_task: asyncio.Task[None] | None = None
         self.started = False
 
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Prepare folders, remove temp configs a crashed worker left, check runs_dir."""
+        """Prepare folders, remove temp configs a crashed worker left, check runs_dir,
+        and start building the file index in a thread (start() does not wait for it;
+        the first path check does, if it comes before the walk ends)."""
         removed = self.registry.prepare()
         if removed:
             log.info("removed %d stale temp config(s) from %s", len(removed), removed[0].parent)
@@ -289,10 +211,33 @@ class WorkerService:
             raise ValueError(f"runs_dir {self.runs_dir} must lie inside a mount: {exc}") from None
         self.registry.config = dataclasses.replace(self.registry.config, runs_dir=self.runs_dir)
         self._zmq = zmq.asyncio.Context()
+        if self.index is not None and not self.index.built:
+            self._index_stop.clear()
+            self._index_task = asyncio.create_task(self._build_index(self.index))
         self.started = True
+
+    async def _build_index(self, index: FileIndex) -> None:
+        """Walk the mounts once in a thread so the first path check finds the index warm."""
+        try:
+            built = await asyncio.to_thread(index.refresh, stop=self._index_stop)
+        except Exception:
+            log.exception("building the file index failed; path checks will retry it")
+            return
+        if built:
+            log.info(
+                "indexed %d file(s) under the mounts in %.2f s%s",
+                index.file_count,
+                index.last_build_s,
+                " (truncated at the file limit)" if index.truncated else "",
+            )
 
     async def close(self) -> None:
         """Stop every running job (JobFailed WORKER_SHUTDOWN), close connections, clean up."""
+        self._index_stop.set()  # a start-up walk still running gives up at its next folder
+        if self._index_task is not None:
+            self._index_task.cancel()
+            await asyncio.wait({self._index_task}, timeout=5.0)
+            self._index_task = None
         for job in self.registry.jobs():
             if job.active and job.control is not None:
                 job.control.cancel(
@@ -329,49 +274,21 @@ class WorkerService:
         """Handle one connection until its link closes. Jobs keep running afterwards."""
         if not self.started:
             raise RuntimeError("call start() before serve()")
-        conn = _Connection(self, link, peer_id)
+        cfg = self.config
+        conn = Connection(
+            link,
+            peer_id,
+            WorkerSession(self.info, verifier=cfg.verifier, session_id=uuid.uuid4().hex[:12]),
+            send_timeout_s=cfg.send_timeout_s,
+            max_outbox_frames=cfg.max_outbox_frames,
+        )
         self._connections.add(conn)
-        writer = asyncio.create_task(conn.writer())
-        ticker = asyncio.create_task(conn.ticker())
         try:
-            while not conn.dead:
-                try:
-                    frame = await link.recv()
-                except (LinkClosed, ConnectionError):
-                    break
-                for event in conn.session.receive(frame, time.monotonic()):
-                    try:
-                        self._handle(conn, event)
-                    except Exception as exc:  # e.g. an answer over the size limit
-                        log.exception("session %s: handling failed", conn.session.session_id)
-                        conn.session.send_error(
-                            getattr(event, "correlation_id", 0),
-                            make_error(
-                                error_pb2.ERROR_CODE_INTERNAL,
-                                f"the worker failed to answer: {type(exc).__name__}",
-                            ),
-                        )
-                conn.flush()
-            # Let queued answers go out before returning (bounded).
-            if not conn.dead and not conn.outbox.empty():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self._drained(conn)
+            await conn.run(lambda event: self._handle(conn, event))
         finally:
-            conn.dead = True
-            conn.drop()
             self._connections.discard(conn)
-            tasks = {writer, ticker, *conn.tasks}
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=5.0)
 
-    @staticmethod
-    async def _drained(conn: _Connection) -> None:
-        while not conn.outbox.empty():
-            await asyncio.sleep(0.01)
-
-    def _handle(self, conn: _Connection, event: Event) -> None:
+    def _handle(self, conn: Connection, event: Event) -> None:
         if isinstance(event, HelloAccepted):
             log.info(
                 "session %s: %s (%s) authenticated as %r",
@@ -401,7 +318,7 @@ class WorkerService:
         elif isinstance(event, ProtocolViolation):
             log.info("session %s: %s", conn.session.session_id, event.error.message)
 
-    async def _path_check(self, conn: _Connection, event: PathCheckRequested) -> None:
+    async def _path_check(self, conn: Connection, event: PathCheckRequested) -> None:
         try:
             result = await asyncio.to_thread(self.checker.check, event.request)
         except Exception as exc:
@@ -417,7 +334,7 @@ class WorkerService:
             conn.session.send_reply(event.correlation_id, result)
         conn.flush()
 
-    def _submit(self, conn: _Connection, event: JobSubmitted) -> None:
+    def _submit(self, conn: Connection, event: JobSubmitted) -> None:
         answer, job = self.registry.submit_job(event.submit, owner=conn.session.subject)
         if isinstance(answer, error_pb2.Error):
             conn.session.send_error(event.correlation_id, answer)
@@ -470,7 +387,7 @@ class WorkerService:
         job.finish(result)
         log.info("job %s ended: %s", job.job_id, job.message)
 
-    def _owned(self, conn: _Connection, correlation_id: int, job_id: str) -> Job | None:
+    def _owned(self, conn: Connection, correlation_id: int, job_id: str) -> Job | None:
         job = self.registry.get(job_id)
         if job is None:
             conn.session.send_error(
@@ -494,7 +411,7 @@ class WorkerService:
             return None
         return job
 
-    def _control(self, conn: _Connection, event: JobControlRequested) -> None:
+    def _control(self, conn: Connection, event: JobControlRequested) -> None:
         control = event.control
         job = self._owned(conn, event.correlation_id, control.job_id)
         if job is None:
@@ -516,7 +433,7 @@ class WorkerService:
         job.message = note
         conn.session.send_reply(event.correlation_id, job.status())
 
-    def _attach(self, conn: _Connection, event: JobAttachRequested) -> None:
+    def _attach(self, conn: Connection, event: JobAttachRequested) -> None:
         job = self._owned(conn, event.correlation_id, event.attach.job_id)
         if job is None:
             return
@@ -530,7 +447,5 @@ class WorkerService:
         for message in messages:
             conn.session.send(message)
         # No await between replay and follow: nothing is missed or sent twice.
-        old = conn.subscriptions.pop(job.job_id, None)
-        if old is not None:
-            old()
+        conn.unfollow(job.job_id)
         conn.follow(job)

@@ -3,8 +3,9 @@
 :class:`WorkerSession` owns the handshake (version negotiation, token check),
 the authentication gate, request/response correlation and every protocol
 Error. It never touches sockets, asyncio or a clock: the adapter
-(:mod:`sleap_rtc.worker.service`) feeds it frames with the current time and
-sends whatever :meth:`WorkerSession.data_to_send` returns, h11-style.
+(:mod:`sleap_rtc.worker.connection`) feeds it frames with the current time and
+sends whatever :meth:`WorkerSession.data_to_send` returns, h11-style. The
+events it reports live in :mod:`sleap_rtc.worker.events`.
 
 >>> from sleap_rtc_proto.stream import MessageStream
 >>> from sleap_rtc_proto.v1 import handshake_pb2
@@ -27,6 +28,19 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError, Message
 
 from sleap_rtc.auth.tokens import Claims, TokenError
+from sleap_rtc.worker.events import (
+    MAX_ERROR_CHARS,
+    Event,
+    HelloAccepted,
+    JobAttachRequested,
+    JobControlRequested,
+    JobSubmitted,
+    PathCheckRequested,
+    PeerError,
+    ProtocolViolation,
+    make_error,
+    submit_violations,
+)
 from sleap_rtc_proto import rules
 from sleap_rtc_proto.codec import (
     MAX_CONFIG_BYTES,
@@ -41,11 +55,26 @@ from sleap_rtc_proto.stream import MessageStream
 from sleap_rtc_proto.v1 import error_pb2, handshake_pb2, job_pb2, paths_pb2
 from sleap_rtc_proto.versions import SUPPORTED, Version, VersionRange, negotiate
 
+__all__ = [  # the events and helpers live in .events; importable from here too
+    "MAX_ERROR_CHARS",
+    "WORKER_TO_CLIENT",
+    "Event",
+    "HelloAccepted",
+    "JobAttachRequested",
+    "JobControlRequested",
+    "JobSubmitted",
+    "PathCheckRequested",
+    "PeerError",
+    "ProtocolViolation",
+    "Verifier",
+    "WorkerInfo",
+    "WorkerSession",
+    "make_error",
+    "submit_violations",
+]
+
 #: Verifies a client's token; raises :class:`~sleap_rtc.auth.tokens.TokenError`.
 Verifier = Callable[[str], Claims]
-
-#: Longest Error.message the worker sends (peer-supplied text can be long).
-MAX_ERROR_CHARS = 4000
 
 #: Bodies only a worker sends; receiving one is ERROR_CODE_UNEXPECTED.
 WORKER_TO_CLIENT = frozenset(
@@ -96,102 +125,6 @@ class WorkerInfo:
             max_config_bytes=self.max_config_bytes,
             max_concurrent_jobs=self.max_concurrent_jobs,
         )
-
-
-# --- events ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HelloAccepted:
-    """The handshake succeeded; HelloAck is queued. ``subject`` is "" without auth."""
-
-    correlation_id: int
-    subject: str
-    chosen_version: Version
-    client_name: str
-    client_software: str
-
-
-@dataclass(frozen=True)
-class PathCheckRequested:
-    """A valid PathCheckRequest; answer with :meth:`WorkerSession.send_reply`."""
-
-    correlation_id: int
-    request: paths_pb2.PathCheckRequest
-
-
-@dataclass(frozen=True)
-class JobSubmitted:
-    """A JobSubmit that passed the protocol rules; answer JobAccepted/JobRejected/Error."""
-
-    correlation_id: int
-    submit: job_pb2.JobSubmit
-
-
-@dataclass(frozen=True)
-class JobControlRequested:
-    """A valid JobControl; answer with JobStatus or Error NOT_FOUND."""
-
-    correlation_id: int
-    control: job_pb2.JobControl
-
-
-@dataclass(frozen=True)
-class JobAttachRequested:
-    """A valid JobAttach; answer with JobStatus, then resend the missed progress."""
-
-    correlation_id: int
-    attach: job_pb2.JobAttach
-
-
-@dataclass(frozen=True)
-class PeerError:
-    """The client sent an Error (never answered, to avoid error ping-pong)."""
-
-    correlation_id: int
-    error: error_pb2.Error
-
-
-@dataclass(frozen=True)
-class ProtocolViolation:
-    """The client misbehaved; the answer is already queued.
-
-    The answer is ``error`` itself, except for a JobSubmit that breaks the
-    protocol rules, which is answered with JobRejected (``error`` then
-    summarises it). Informational (logs, metrics): the session stays usable.
-    """
-
-    correlation_id: int
-    error: error_pb2.Error
-
-
-Event = (
-    HelloAccepted
-    | PathCheckRequested
-    | JobSubmitted
-    | JobControlRequested
-    | JobAttachRequested
-    | PeerError
-    | ProtocolViolation
-)
-
-
-def make_error(
-    code: int,
-    message: str,
-    *,
-    details: Mapping[str, str] | None = None,
-    retryable: bool = False,
-) -> error_pb2.Error:
-    """An Error body (the message is capped at :data:`MAX_ERROR_CHARS`)."""
-    if len(message) > MAX_ERROR_CHARS:
-        message = message[: MAX_ERROR_CHARS - 1] + "…"
-    return error_pb2.Error(
-        code=code,  # type: ignore[arg-type]
-        message=message,
-        details=dict(details or {}),
-        retryable=retryable,
-    )
 
 
 def _guess_message_id(frame: bytes, max_bytes: int) -> int:
@@ -501,17 +434,3 @@ class WorkerSession:
         )
         self._queue(ack, mid)
         return [HelloAccepted(mid, subject, chosen, hello.client_name, hello.software)]
-
-
-def submit_violations(
-    submit: job_pb2.JobSubmit, *, max_config_bytes: int = MAX_CONFIG_BYTES
-) -> list[rules.Violation]:
-    """The protocol rules of a JobSubmit, with the worker's config size limit."""
-    out = [
-        v
-        for v in rules.validate_job_submit(job_pb2.JobSubmit(job_id=submit.job_id))
-        if v.rule_id != "job_submit.spec.required" or not submit.HasField("spec")
-    ]
-    if submit.HasField("spec"):
-        out.extend(rules.validate_train_job_spec(submit.spec, max_config_bytes=max_config_bytes))
-    return out

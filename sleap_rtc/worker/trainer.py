@@ -282,13 +282,14 @@ class TrainerRun:
                 )
             self.sink.log(progress_pb2.LOG_STREAM_WORKER, [f"$ {shlex.join(argv)}"])
             env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+            run_dir = self.plan.run_dir  # the job's own folder when it exists: stray files
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
-                    cwd=str(self.plan.ckpt_dir),
+                    cwd=str(run_dir if run_dir.is_dir() else self.plan.ckpt_dir),
                     env=env,
                     start_new_session=True,
                 )

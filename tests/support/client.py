@@ -13,6 +13,9 @@ from sleap_rtc_proto.stream import MessageStream
 from sleap_rtc_proto.v1 import handshake_pb2, job_pb2
 from sleap_rtc_proto.versions import SUPPORTED
 
+#: Envelope bodies that are numbered job messages.
+JOB_BODIES = ("job_progress", "job_log", "job_complete", "job_failed")
+
 
 class RawClient:
     """Sends bodies and collects every Envelope that comes back."""
@@ -37,7 +40,9 @@ class RawClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("no message from the worker")
-            frame = await asyncio.wait_for(self.link.recv(), timeout=left)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+            async with asyncio.timeout(left):
+                frame = await self.link.recv()
             envelope = self.stream.receive(frame, time.monotonic())
             if envelope is not None:
                 self.inbox.append(envelope)
@@ -72,18 +77,11 @@ class RawClient:
         """Every numbered job message received so far, by sequence (duplicates dropped)."""
         seen: dict[int, Message] = {}
         for envelope in self.inbox:
+            if envelope.WhichOneof("body") not in JOB_BODIES:
+                continue
             body = body_of(envelope)
-            if (
-                envelope.WhichOneof("body")
-                in (
-                    "job_progress",
-                    "job_log",
-                    "job_complete",
-                    "job_failed",
-                )
-                and body.job_id == job_id
-            ):  # type: ignore[union-attr]
-                seen.setdefault(body.sequence, body)  # type: ignore[union-attr]
+            if isinstance(body, Message) and getattr(body, "job_id", None) == job_id:
+                seen.setdefault(getattr(body, "sequence", 0), body)
         return [seen[k] for k in sorted(seen)]
 
     async def until_job_end(self, job_id: str, timeout: float = 30.0) -> Message:

@@ -1,0 +1,185 @@
+"""One served link: pumps frames between a :class:`Link` and a :class:`WorkerSession`.
+
+:class:`Connection` owns the asyncio side of one connection: the receive loop
+(frames and ``time.monotonic()`` into the session, events out to a handler),
+the bounded outbox and its writer (a send slower than ``send_timeout_s`` or an
+outbox past ``max_outbox_frames`` closes the link), the ticker that expires
+half-received fragmented messages, the connection's helper tasks (path checks)
+and its job subscriptions. What the events *mean* is the handler's business
+(:class:`~sleap_rtc.worker.service.WorkerService`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sleap_rtc.transport.link import Link, LinkClosed
+from sleap_rtc.worker.events import Event, make_error
+from sleap_rtc.worker.jobrecord import Job, JobMessage
+from sleap_rtc.worker.session import WorkerSession
+from sleap_rtc_proto.v1 import error_pb2
+
+log = logging.getLogger(__name__)
+
+#: Seconds between checks for expired fragmented messages.
+TICK_S = 1.0
+#: Seconds a closing connection waits for its queued answers to go out.
+DRAIN_S = 1.0
+
+
+class Connection:
+    """One link, its session, outbox, helper tasks and job subscriptions.
+
+    Args:
+        link: the transport.
+        peer_id: the remote peer (for logs).
+        session: the sans-IO protocol state of this connection.
+        send_timeout_s: a send that takes longer closes the connection.
+        max_outbox_frames: frames queued for a slow reader before it is closed.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        peer_id: str,
+        session: WorkerSession,
+        *,
+        send_timeout_s: float = 30.0,
+        max_outbox_frames: int = 20_000,
+    ) -> None:
+        self.link = link
+        self.peer_id = peer_id
+        self.session = session
+        self.send_timeout_s = send_timeout_s
+        self.max_outbox_frames = max_outbox_frames
+        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.subscriptions: dict[str, Callable[[], None]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.dead = False
+
+    # --- output ----------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Move the session's queued frames to the outbox (closing a reader that lags)."""
+        for frame in self.session.data_to_send():
+            if self.outbox.qsize() >= self.max_outbox_frames:
+                log.warning("connection %s is not reading; closing it", self.peer_id)
+                self.kill()
+                return
+            self.outbox.put_nowait(frame)
+
+    def kill(self) -> None:
+        """Give up on this connection (its jobs keep running)."""
+        if not self.dead:
+            self.dead = True
+            self.spawn(self._close_link())
+
+    async def _close_link(self) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5.0):
+                await self.link.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a helper task of this connection (cancelled when it ends)."""
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _writer(self) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+        while not self.dead:
+            frame = await self.outbox.get()
+            try:
+                async with asyncio.timeout(self.send_timeout_s):
+                    await self.link.send(frame)
+            except (LinkClosed, ConnectionError, TimeoutError, OSError) as exc:
+                log.info("connection %s: send failed (%s); closing", self.peer_id, exc)
+                self.kill()
+                return
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            if self.session.expire(time.monotonic()):
+                self.flush()
+
+    async def _drained(self) -> None:
+        while not self.outbox.empty():
+            await asyncio.sleep(0.01)
+
+    # --- jobs --------------------------------------------------------------------
+
+    def send_job_message(self, message: JobMessage) -> None:
+        """Send one numbered job message (a job listener; never raises)."""
+        if self.dead:
+            return
+        try:
+            self.session.send(message)
+        except Exception as exc:  # e.g. an outgoing message over the size limit
+            log.warning("connection %s: cannot send %s: %s", self.peer_id, type(message), exc)
+            return
+        self.flush()
+
+    def follow(self, job: Job) -> None:
+        """Send ``job``'s later messages to this connection (once per job)."""
+        if job.job_id not in self.subscriptions:
+            self.subscriptions[job.job_id] = job.subscribe(self.send_job_message)
+
+    def unfollow(self, job_id: str) -> None:
+        """Stop sending ``job_id``'s messages here."""
+        unsubscribe = self.subscriptions.pop(job_id, None)
+        if unsubscribe is not None:
+            unsubscribe()
+
+    def drop(self) -> None:
+        """Unsubscribe from every job."""
+        for unsubscribe in self.subscriptions.values():
+            unsubscribe()
+        self.subscriptions.clear()
+
+    # --- the pump ------------------------------------------------------------------
+
+    async def run(self, handle: Callable[[Event], None]) -> None:
+        """Pump frames until the link closes (or the connection is killed).
+
+        Each session event goes to ``handle``; a handler that raises gets the
+        peer an INTERNAL Error answering that request, and the pump goes on.
+        """
+        writer = asyncio.create_task(self._writer())
+        ticker = asyncio.create_task(self._ticker())
+        try:
+            while not self.dead:
+                try:
+                    frame = await self.link.recv()
+                except (LinkClosed, ConnectionError):
+                    break
+                for event in self.session.receive(frame, time.monotonic()):
+                    try:
+                        handle(event)
+                    except Exception as exc:  # e.g. an answer over the size limit
+                        log.exception("session %s: handling failed", self.session.session_id)
+                        self.session.send_error(
+                            getattr(event, "correlation_id", 0),
+                            make_error(
+                                error_pb2.ERROR_CODE_INTERNAL,
+                                f"the worker failed to answer: {type(exc).__name__}",
+                            ),
+                        )
+                self.flush()
+            # Let queued answers go out before returning (bounded).
+            if not self.dead and not self.outbox.empty():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(DRAIN_S):
+                        await self._drained()
+        finally:
+            self.dead = True
+            self.drop()
+            tasks = {writer, ticker, *self.tasks}
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=5.0)

@@ -1,0 +1,145 @@
+"""What a :class:`~sleap_rtc.worker.session.WorkerSession` reports, and the Error/rule helpers.
+
+Events are plain frozen dataclasses: the adapter answers each request event
+with ``WorkerSession.send_reply`` / ``send_error``, using the event's
+``correlation_id``. :func:`make_error` builds Error bodies (message capped) and
+:func:`submit_violations` applies the protocol rules to a JobSubmit with the
+worker's config size limit; the session and job intake share both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sleap_rtc_proto import rules
+from sleap_rtc_proto.codec import MAX_CONFIG_BYTES
+from sleap_rtc_proto.v1 import error_pb2, job_pb2, paths_pb2
+from sleap_rtc_proto.versions import Version
+
+__all__ = [
+    "MAX_ERROR_CHARS",
+    "Event",
+    "HelloAccepted",
+    "JobAttachRequested",
+    "JobControlRequested",
+    "JobSubmitted",
+    "PathCheckRequested",
+    "PeerError",
+    "ProtocolViolation",
+    "make_error",
+    "submit_violations",
+]
+
+#: Longest Error.message the worker sends (peer-supplied text can be long).
+MAX_ERROR_CHARS = 4000
+
+
+# --- events ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HelloAccepted:
+    """The handshake succeeded; HelloAck is queued. ``subject`` is "" without auth."""
+
+    correlation_id: int
+    subject: str
+    chosen_version: Version
+    client_name: str
+    client_software: str
+
+
+@dataclass(frozen=True)
+class PathCheckRequested:
+    """A valid PathCheckRequest; answer with :meth:`WorkerSession.send_reply`."""
+
+    correlation_id: int
+    request: paths_pb2.PathCheckRequest
+
+
+@dataclass(frozen=True)
+class JobSubmitted:
+    """A JobSubmit that passed the protocol rules; answer JobAccepted/JobRejected/Error."""
+
+    correlation_id: int
+    submit: job_pb2.JobSubmit
+
+
+@dataclass(frozen=True)
+class JobControlRequested:
+    """A valid JobControl; answer with JobStatus or Error NOT_FOUND."""
+
+    correlation_id: int
+    control: job_pb2.JobControl
+
+
+@dataclass(frozen=True)
+class JobAttachRequested:
+    """A valid JobAttach; answer with JobStatus, then resend the missed progress."""
+
+    correlation_id: int
+    attach: job_pb2.JobAttach
+
+
+@dataclass(frozen=True)
+class PeerError:
+    """The client sent an Error (never answered, to avoid error ping-pong)."""
+
+    correlation_id: int
+    error: error_pb2.Error
+
+
+@dataclass(frozen=True)
+class ProtocolViolation:
+    """The client misbehaved; the answer is already queued.
+
+    The answer is ``error`` itself, except for a JobSubmit that breaks the
+    protocol rules, which is answered with JobRejected (``error`` then
+    summarises it). Informational (logs, metrics): the session stays usable.
+    """
+
+    correlation_id: int
+    error: error_pb2.Error
+
+
+Event = (
+    HelloAccepted
+    | PathCheckRequested
+    | JobSubmitted
+    | JobControlRequested
+    | JobAttachRequested
+    | PeerError
+    | ProtocolViolation
+)
+
+
+def make_error(
+    code: int,
+    message: str,
+    *,
+    details: Mapping[str, str] | None = None,
+    retryable: bool = False,
+) -> error_pb2.Error:
+    """An Error body (the message is capped at :data:`MAX_ERROR_CHARS`)."""
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
+    return error_pb2.Error(
+        code=code,  # type: ignore[arg-type]
+        message=message,
+        details=dict(details or {}),
+        retryable=retryable,
+    )
+
+
+def submit_violations(
+    submit: job_pb2.JobSubmit, *, max_config_bytes: int = MAX_CONFIG_BYTES
+) -> list[rules.Violation]:
+    """The protocol rules of a JobSubmit, with the worker's config size limit."""
+    out = [
+        v
+        for v in rules.validate_job_submit(job_pb2.JobSubmit(job_id=submit.job_id))
+        if v.rule_id != "job_submit.spec.required" or not submit.HasField("spec")
+    ]
+    if submit.HasField("spec"):
+        out.extend(rules.validate_train_job_spec(submit.spec, max_config_bytes=max_config_bytes))
+    return out
