@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import io
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -269,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recorder-messages", type=int, default=100_000)
     # ``python -m bench`` calls main() with its own argv in sys.argv: take ours only when given.
     args = parser.parse_args([] if argv is None else argv)
-    tmp = Path(tempfile.mkdtemp(prefix="sleap-rtc-bench-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="sleap-rtc-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         capture = tmp / "bench.mcap"
         built = build_capture(capture, args.messages)
         size = os.path.getsize(capture)
@@ -305,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
             f"calibration: an empty 1M-iteration Python loop takes {calibrate():.0f} ms "
             "here (about 15-25 ms on a current desktop; more means a busy machine)"
         )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

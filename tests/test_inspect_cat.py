@@ -103,3 +103,18 @@ def test_jobs_give_the_same_output(capture: Path, capsys: pytest.CaptureFixture[
     one = capsys.readouterr().out
     assert main(["cat", "--json", "--jobs", "2", str(capture)]) == 0
     assert capsys.readouterr().out == one
+
+
+def test_write_json_counts_and_limits_joined_batches() -> None:
+    import io
+
+    from sleap_rtc.inspect.cat import write_json
+
+    batches = [["a\nb\nc"], ["d", "e"], ["f\ng"]]
+    out = io.StringIO()
+    assert write_json(batches, out) == 7
+    assert out.getvalue() == "a\nb\nc\nd\ne\nf\ng\n"
+    for limit in range(1, 8):
+        out = io.StringIO()
+        assert write_json(batches, out, limit) == limit
+        assert out.getvalue().splitlines() == list("abcdefg")[:limit]

@@ -89,7 +89,8 @@ def test_build_command_shape() -> None:
         video_path_map=(("C:\\data\\v.mp4", "/mnt/lab/v.mp4"),),
     )
     argv = build_command(("sleap-nn", "train"), plan, publish_port=5001, controller_port=5002)
-    assert argv[:4] == ["sleap-nn", "train", "--config", "/state/configs/job-a.yaml"]
+    assert Path(argv[0]).name == "sleap-nn"  # found on PATH or beside this Python
+    assert argv[1:4] == ["train", "--config", "/state/configs/job-a.yaml"]
     assert argv[4:7] == ["--video-path-map", "C:\\data\\v.mp4", "/mnt/lab/v.mp4"]
     overrides = argv[7:]
     assert overrides[0] == "++data_config.train_labels_path=['/mnt/lab/l.slp']"
@@ -362,3 +363,22 @@ def test_missing_trainer(tmp_path: Path) -> None:
     result, _, _ = asyncio.run(run_plan(plan_for(tmp_path), command=command))
     assert result.failure_code == P.FAILURE_CODE_TRAINER_NOT_FOUND
     assert result.exit_code is None
+
+
+def test_trainer_program_is_found_beside_this_python_when_not_on_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from sleap_rtc.worker.trainplan import resolve_program
+
+    bindir = tmp_path / "venv" / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "sleap-nn").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "executable", str(bindir / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert resolve_program(["sleap-nn", "train"]) == [str(bindir / "sleap-nn"), "train"]
+    # Not installed anywhere: left as given, so starting it fails as TRAINER_NOT_FOUND.
+    assert resolve_program(["no-such-trainer"]) == ["no-such-trainer"]
+    # A program given with a folder is never second-guessed.
+    assert resolve_program(["/opt/x/sleap-nn", "train"]) == ["/opt/x/sleap-nn", "train"]
+    with pytest.raises(ValueError):
+        resolve_program([])

@@ -175,7 +175,8 @@ class CaptureWriter(FrameClassifier):
                 log.warning("capture %s: queue full, dropping frames", self.path)
             self.dropped += 1
             return
-        self._queue.append((conn, direction, t, bytes(frame)))
+        # A bytes frame is immutable: queue it as it is (copy only buffers that may change).
+        self._queue.append((conn, direction, t, frame if type(frame) is bytes else bytes(frame)))
 
     def wrap(
         self, link: Link, *, connection_id: str, local_peer: str, remote_peer: str, local_role: str

@@ -10,6 +10,8 @@ on an existing key, a bare key fails on a missing one); a first override ending 
 from __future__ import annotations
 
 import re
+import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,25 @@ def _mapping_options(plan: TrainPlan) -> list[str]:
     return [x for old, new in pairs for x in ("--prefix-map", old, new)]
 
 
+def resolve_program(prefix: Sequence[str]) -> list[str]:
+    """The trainer command with its program found: on PATH, else beside this Python.
+
+    A worker started as ``.venv/bin/sleap-rtc worker`` without activating the
+    environment has no ``.venv/bin`` on PATH, yet ``sleap-nn`` was installed there
+    by the ``train`` extra; look beside ``sys.executable`` before giving up. A
+    program given with a folder is used as is.
+    """
+    if not prefix:
+        raise ValueError("the trainer command is empty")
+    program, *rest = prefix
+    if Path(program).name != program or shutil.which(program):
+        return [program, *rest]
+    beside = Path(sys.executable).parent / program
+    if beside.is_file():
+        return [str(beside), *rest]
+    return [program, *rest]
+
+
 def build_command(
     prefix: Sequence[str], plan: TrainPlan, *, publish_port: int, controller_port: int
 ) -> list[str]:
@@ -125,4 +146,5 @@ def build_command(
         overrides.append(f"++trainer_config.resume_ckpt_path={q(plan.resume_ckpt_path)}")
     else:
         overrides.append("++trainer_config.resume_ckpt_path=null")
-    return [*prefix, "--config", str(plan.config_file), *_mapping_options(plan), *overrides]
+    program = resolve_program(prefix)
+    return [*program, "--config", str(plan.config_file), *_mapping_options(plan), *overrides]
