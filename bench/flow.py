@@ -137,11 +137,19 @@ class _Viewer:
 
 
 async def _throughput() -> dict[str, float]:
+    client_end, worker_end = memory_link_pair()
+    return await progress_throughput(client_end, worker_end)
+
+
+async def progress_throughput(client_end: Any, worker_end: Any) -> dict[str, float]:
+    """JobProgress frames sent on ``worker_end`` -> client session -> bridge -> bound SUB.
+
+    Any pair of joined Links works: bench.progress_webrtc passes a datachannel pair.
+    """
     ctx: zmq.Context[Any] = zmq.Context()
     viewer = _Viewer(ctx)
     bridge = LossViewerBridge(publish_port=viewer.port, controller_port=None, context=ctx)
     bridge.open()
-    client_end, worker_end = memory_link_pair()
     worker = MessageStream()
     conn = WorkerConnection(client_end, ClientSession())
     # Handshake without a real worker: answer Hello directly.
