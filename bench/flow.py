@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from google.protobuf.message import Message
 
 from sleap_rtc.client.connection import WorkerConnection
 from sleap_rtc.client.flow import FlowTimeouts, PresubmissionFlow
 from sleap_rtc.client.lossviewer import LossViewerBridge
 from sleap_rtc.client.session import ClientSession, ProgressReceived
 from sleap_rtc.transport.link import memory_link_pair
+from sleap_rtc.worker.batching import coalesce
 from sleap_rtc.worker.service import WorkerConfig, WorkerService
 from sleap_rtc_proto.stream import MessageStream
 from sleap_rtc_proto.v1 import progress_pb2
@@ -141,10 +143,15 @@ async def _throughput() -> dict[str, float]:
     return await progress_throughput(client_end, worker_end)
 
 
-async def progress_throughput(client_end: Any, worker_end: Any) -> dict[str, float]:
+async def progress_throughput(
+    client_end: Any, worker_end: Any, *, batch: bool = False
+) -> dict[str, float]:
     """JobProgress frames sent on ``worker_end`` -> client session -> bridge -> bound SUB.
 
     Any pair of joined Links works: bench.progress_webrtc passes a datachannel pair.
+    With ``batch``, the worker end sends what the real worker sends to a client that
+    announced "progress_batch" when all the messages wait at once: the queue goes
+    through :func:`sleap_rtc.worker.batching.coalesce` (JobProgressBatch) first.
     """
     ctx: zmq.Context[Any] = zmq.Context()
     viewer = _Viewer(ctx)
@@ -159,8 +166,10 @@ async def progress_throughput(client_end: Any, worker_end: Any) -> dict[str, flo
     hello_task = asyncio.create_task(conn.hello())
     hello = worker.receive(await worker_end.recv(), 0.0)
     assert hello is not None
+    assert ("progress_batch" in hello.hello.features) or not batch
+    features = ["progress_batch"] if batch else []
     for frame in worker.send(handshake_pb2.HelloAck(chosen_version=SUPPORTED.max.to_proto(),
-                                                    worker_id="bench"),
+                                                    worker_id="bench", features=features),
                              correlation_id=hello.message_id)[1]:
         await worker_end.send(frame)
     await hello_task
@@ -168,12 +177,15 @@ async def progress_throughput(client_end: Any, worker_end: Any) -> dict[str, flo
     first = progress_pb2.JobProgress(job_id="j", sequence=1,
                                      event=progress_pb2.PROGRESS_EVENT_TRAIN_BEGIN)
     bridge.publish(first)
-    frames = []
-    for i in range(PROGRESS_MESSAGES):
-        msg = progress_pb2.JobProgress(
+    queued: list[Message] = [
+        progress_pb2.JobProgress(
             job_id="j", sequence=i + 2, event=progress_pb2.PROGRESS_EVENT_BATCH_END,
             epoch=i // 100, batch=i % 100, metrics={"loss": 1.0 / (i + 1)},
         )
+        for i in range(PROGRESS_MESSAGES)
+    ]
+    frames = []
+    for msg in coalesce(queued) if batch else queued:
         frames.extend(worker.send(msg)[1])
     start = time.perf_counter()
 
@@ -205,6 +217,7 @@ async def progress_throughput(client_end: Any, worker_end: Any) -> dict[str, flo
         "client_rate_per_s": PROGRESS_MESSAGES / (published - start),
         "end_to_end_rate_per_s": PROGRESS_MESSAGES / (end - start),
         "first_is_train_begin": float(viewer.first_event == "train_begin"),
+        "frames": float(len(frames)),
     }
 
 

@@ -1,11 +1,15 @@
 """JobProgress through a loopback WebRTC datachannel and into a LossViewer-style ZMQ SUB.
 
-Run: ``python -m bench.progress_webrtc``. The worker end sends 20,000 encoded
-JobProgress frames on a real aiortc datachannel (signaling included, loopback ICE);
-the client end decodes them with its session and republishes each through the
+Run: ``python -m bench.progress_webrtc``. The worker end queues 20,000 JobProgress
+and sends what the real worker sends to a client that announced "progress_batch"
+(protocol 1.1): the queue through ``sleap_rtc.worker.batching.coalesce`` and a
+MessageStream, so JobProgressBatch frames of up to 256 items, on a real aiortc
+datachannel (signaling included, loopback ICE). The client end decodes them with
+its session (one ProgressReceived per item) and republishes each through the
 LossViewer bridge to a bound SUB that counts them. Bar (DESIGN.md): 2,000
 JobProgress/s through datachannel and ZMQ with nothing dropped. The in-memory
-figure from bench.flow, measured in the same process, is the baseline.
+figure from bench.flow (one frame per JobProgress), measured in the same process,
+is the baseline.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ async def _over_webrtc() -> dict[str, float]:
             client_end = await connect()
             async with asyncio.timeout(30):
                 worker_end = await accepted
-            return await progress_throughput(client_end, worker_end)
+            return await progress_throughput(client_end, worker_end, batch=True)
         finally:
             finished.set()
             await worker_sig.close()
@@ -72,13 +76,15 @@ def main() -> dict[str, Any]:
     print(
         f"[progress] JobProgress over loopback WebRTC -> session -> LossViewer bridge -> ZMQ SUB: "
         f"{rtc['end_to_end_rate_per_s']:,.0f}/s end to end, received "
-        f"{int(rtc['received']):,}/{int(rtc['sent']):,} (dropped {dropped}), "
+        f"{int(rtc['received']):,}/{int(rtc['sent']):,} (dropped {dropped}) in "
+        f"{int(rtc['frames']):,} datachannel frames (JobProgressBatch), "
         f"first={'train_begin' if rtc['first_is_train_begin'] else 'OTHER'} "
         f"(bar {PROGRESS_BAR_PER_S:,}/s, none dropped: {'ok' if ok else 'FAIL'})"
     )
     print(
         f"[progress] same path over an in-memory link (baseline, same process): "
-        f"{baseline['end_to_end_rate_per_s']:,.0f}/s; WebRTC runs at "
+        f"{baseline['end_to_end_rate_per_s']:,.0f}/s in {int(baseline['frames']):,} frames; "
+        f"WebRTC runs at "
         f"{rtc['end_to_end_rate_per_s'] / baseline['end_to_end_rate_per_s']:.2f}x of it"
     )
     return {"webrtc": rtc, "baseline": baseline}

@@ -284,6 +284,20 @@ def _bodies() -> dict[str, tuple[object, int]]:
             ),
             5,
         ),
+        "job_progress_batch": (
+            progress_pb2.JobProgressBatch(
+                items=[
+                    progress,
+                    progress_pb2.JobProgress(
+                        job_id="job-0001",
+                        sequence=8,
+                        event=progress_pb2.PROGRESS_EVENT_EPOCH_BEGIN,
+                        epoch=4,
+                    ),
+                ]
+            ),
+            0,
+        ),
     }
 
 

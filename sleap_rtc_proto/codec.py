@@ -49,6 +49,7 @@ Body: TypeAlias = (
     | job_pb2.JobAttach
     | job_pb2.JobStatus
     | progress_pb2.JobProgress
+    | progress_pb2.JobProgressBatch
     | progress_pb2.JobLog
     | progress_pb2.JobComplete
     | progress_pb2.JobFailed

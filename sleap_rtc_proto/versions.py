@@ -35,8 +35,8 @@ class VersionRange(NamedTuple):
         return f"{self.min}..{self.max}"
 
 
-#: The version this code writes: schema package v1, first release.
-CURRENT = Version(1, 0)
+#: The version this code writes: schema package v1; 1.1 added JobProgressBatch.
+CURRENT = Version(1, 1)
 #: The versions this code reads and negotiates.
 SUPPORTED = VersionRange(Version(1, 0), CURRENT)
 

@@ -438,3 +438,87 @@ def test_adapter_link_closed_mid_request_and_events_iterator() -> None:
         await conn.close()
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+# -- JobProgressBatch (protocol 1.1, feature "progress_batch") ----------------------------------
+
+
+def _batch(*sequences: int) -> progress_pb2.JobProgressBatch:
+    return progress_pb2.JobProgressBatch(
+        items=[
+            progress_pb2.JobProgress(
+                job_id="j", sequence=s, event=progress_pb2.PROGRESS_EVENT_BATCH_END,
+                epoch=0, batch=s, metrics={"loss": 1.0 / s},
+            )
+            for s in sequences
+        ]
+    )
+
+
+def test_hello_announces_progress_batch_by_default() -> None:
+    out = ClientSession().hello(now=0.0)
+    [env] = Worker().read(out.frames)
+    assert "progress_batch" in env.hello.features
+    out = ClientSession(features=("fragments", "attach")).hello(now=0.0)
+    [env] = Worker().read(out.frames)
+    assert "progress_batch" not in env.hello.features
+
+
+def test_batch_becomes_one_progress_event_per_item_in_order() -> None:
+    session, worker = ready_session()
+    batch = _batch(1, 2, 3)
+    frames = (
+        worker.send(batch)
+        + worker.send(progress_pb2.JobLog(job_id="j", sequence=4, lines=["x"]))
+        + worker.send(_batch(5, 6))
+        + worker.send(progress_pb2.JobProgress(job_id="j", sequence=7))
+    )
+    events = feed(session, frames)
+    assert [type(e) for e in events] == [ProgressReceived] * 3 + [LogReceived] + [
+        ProgressReceived
+    ] * 3
+    seqs = [e.progress.sequence if isinstance(e, ProgressReceived) else e.log.sequence
+            for e in events if isinstance(e, ProgressReceived | LogReceived)]
+    assert seqs == [1, 2, 3, 4, 5, 6, 7]
+    first = events[0]
+    assert isinstance(first, ProgressReceived) and first.progress == batch.items[0]
+
+
+def test_batch_before_hello_is_a_violation() -> None:
+    session = ClientSession()
+    session.hello(now=0.0)
+    [event] = feed(session, Worker().send(_batch(1, 2)))
+    assert isinstance(event, ProtocolViolation) and event.reason == "before_hello"
+
+
+def test_empty_or_garbage_batch_is_a_typed_violation() -> None:
+    session, worker = ready_session()
+    out = session.check_paths("/l.slp", now=0.0)
+    [event] = feed(session, worker.send(progress_pb2.JobProgressBatch()))
+    assert isinstance(event, ProtocolViolation) and event.reason == "malformed"
+    from sleap_rtc_proto.v1 import envelope_pb2
+
+    header = envelope_pb2.Envelope(version=SUPPORTED.max.to_proto(), message_id=99)
+    inner = b"\x0a\x03\xff\xff\xff"  # items: 3 bytes that are no JobProgress
+    junk = header.SerializeToString() + b"\xc2\x02" + bytes([len(inner)]) + inner  # field 40
+    [event] = session.receive(junk, 0.0)
+    assert isinstance(event, ProtocolViolation) and event.reason == "malformed"
+    [event] = feed(session, worker.send(paths_pb2.PathCheckResult(), out.request_id))
+    assert isinstance(event, PathCheckAnswered)
+
+
+@given(st.lists(st.lists(st.integers(1, 10_000), min_size=1, max_size=5), max_size=20))
+@settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow])
+def test_batches_and_singles_arrive_as_the_items_in_order(groups: list[list[int]]) -> None:
+    session, worker = ready_session()
+    frames: list[bytes] = []
+    for group in groups:
+        if len(group) == 1:
+            frames += worker.send(progress_pb2.JobProgress(job_id="j", sequence=group[0]))
+        else:
+            frames += worker.send(_batch(*group))
+    events = feed(session, frames)
+    assert all(isinstance(e, ProgressReceived) for e in events)
+    assert [e.progress.sequence for e in events if isinstance(e, ProgressReceived)] == [
+        s for g in groups for s in g
+    ]

@@ -32,7 +32,7 @@ from sleap_rtc_proto.errors import (
     UnsupportedVersion,
 )
 from sleap_rtc_proto.v1 import error_pb2, job_pb2, progress_pb2, spec_pb2, version_pb2
-from sleap_rtc_proto.versions import Version
+from sleap_rtc_proto.versions import SUPPORTED, Version
 
 FD = _d.FieldDescriptor
 U32, U64 = 2**32 - 1, 2**64 - 1
@@ -205,8 +205,8 @@ def test_wrong_major_version() -> None:
     data = encode(_control(), message_id=1, version=Version(2, 0))
     with pytest.raises(UnsupportedVersion) as info:
         decode(data)
-    assert "major version 2" in info.value.message and "1.0..1.0" in info.value.message
-    assert info.value.details == {"remote": "2.0", "local": "1.0..1.0"}
+    assert "major version 2" in info.value.message and str(SUPPORTED) in info.value.message
+    assert info.value.details == {"remote": "2.0", "local": str(SUPPORTED)}
     assert info.value.to_message().code == error_pb2.ERROR_CODE_UNSUPPORTED_VERSION
 
 

@@ -71,6 +71,7 @@ ENVELOPE_FIELDS = {
     "job_control": 37,
     "job_attach": 38,
     "job_status": 39,
+    "job_progress_batch": 40,
     "fragment": 100,
 }
 
@@ -213,7 +214,7 @@ def _future_classes() -> dict[str, type[Message]]:
     envelope = next(m for m in env_file.message_type if m.name == "Envelope")
     envelope.field.add(
         name="job_pause",
-        number=40,
+        number=41,
         type=FDP.TYPE_MESSAGE,
         type_name=".sleap_rtc_proto.v1.JobPause",
         label=FDP.LABEL_OPTIONAL,
@@ -276,8 +277,8 @@ def test_future_body_is_unknown_and_kept(future: dict[str, type[Message]]) -> No
     today = MessageStream().receive(data, now=0.0)
     assert today is not None
     body = body_of(today)
-    assert body == UnknownBody(40, pause.SerializeToString())
-    assert body_name(today) == "unknown_body_40"
+    assert body == UnknownBody(41, pause.SerializeToString())
+    assert body_name(today) == "unknown_body_41"
     assert future["Envelope"].FromString(today.SerializeToString()) == env
 
 

@@ -791,8 +791,10 @@ def test_worker_closing_during_progress_reattaches(lab: Lab) -> None:
                 env = decode(frame)
             except Exception:
                 return False
-            if env.WhichOneof("body") == "job_progress" and \
-                    env.job_progress.event == progress_pb2.PROGRESS_EVENT_BATCH_END:
+            name = env.WhichOneof("body")
+            items = ([env.job_progress] if name == "job_progress" else
+                     list(env.job_progress_batch.items) if name == "job_progress_batch" else [])
+            if any(i.event == progress_pb2.PROGRESS_EVENT_BATCH_END for i in items):
                 close_after_first_batch.done = True  # type: ignore[attr-defined]
                 asyncio.get_running_loop().call_soon(
                     lambda: asyncio.ensure_future(worker_end.close()))

@@ -9,6 +9,7 @@ import pytest
 from test_inspect_support import session_capture
 
 from sleap_rtc.cli.inspect_cmd import main
+from sleap_rtc_proto.versions import CURRENT
 
 
 @pytest.fixture
@@ -37,7 +38,8 @@ def test_json_lines(capture: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["cat", "--json", str(capture)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rows[0]["body"] == "hello" and rows[0]["direction"] == "client_to_worker"
-    assert rows[0]["message"]["software"] == "sleap-rtc 0.1.0" and rows[0]["version"] == "1.0"
+    assert rows[0]["message"]["software"] == "sleap-rtc 0.1.0"
+    assert rows[0]["version"] == str(CURRENT)
     assert rows[1]["correlation_id"] == rows[0]["message_id"]
     progress = [r for r in rows if r["body"] == "job_progress" and r["kind"] == "protobuf"]
     assert (

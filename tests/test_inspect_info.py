@@ -9,6 +9,7 @@ import pytest
 from test_inspect_support import session_capture
 
 from sleap_rtc.cli.inspect_cmd import main
+from sleap_rtc_proto.versions import CURRENT
 
 
 def test_info_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -17,8 +18,8 @@ def test_info_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "client client-7 <-> worker worker-3" in out
-    assert "sleap-rtc 0.1.0 speaks 1.0..1.0 sleap 1.6.6" in out
-    assert "chose 1.0" in out and "sleap-nn 0.3.5" in out
+    assert f"sleap-rtc 0.1.0 speaks {CURRENT}..{CURRENT} sleap 1.6.6" in out
+    assert f"chose {CURRENT}" in out and "sleap-nn 0.3.5" in out
     assert "tokens redacted" in out and "complete" in out
     assert main(["info", "--json", str(path)]) == 0
     info = json.loads(capsys.readouterr().out)

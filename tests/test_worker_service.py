@@ -21,7 +21,7 @@ from sleap_rtc.transport.link import MemoryLink, memory_link_pair
 from sleap_rtc.worker.service import WorkerConfig, WorkerService
 from sleap_rtc.worker.trainer import RunLimits
 from sleap_rtc_proto.codec import body_of
-from sleap_rtc_proto.v1 import error_pb2, job_pb2, paths_pb2, progress_pb2, spec_pb2
+from sleap_rtc_proto.v1 import error_pb2, handshake_pb2, job_pb2, paths_pb2, progress_pb2, spec_pb2
 
 FAKE = Path(__file__).parent / "support" / "fake_sleap_nn.py"
 FAKE_COMMAND = (sys.executable, str(FAKE), "train")
@@ -533,3 +533,83 @@ def test_start_removes_stale_configs_and_refuses_state_in_mount(env: Env) -> Non
     run(env, body)
     with pytest.raises(ValueError, match="inside a user mount"):
         WorkerService(config_for(env, state_dir=env.mnt / "state"))
+
+
+# --- progress batching (protocol 1.1) ----------------------------------------------
+
+
+def _progress_frames(client: RawClient, job_id: str) -> tuple[int, int]:
+    """(datachannel messages carrying the job's progress, JobProgress items in them)."""
+    frames = items = 0
+    for envelope in client.inbox:
+        body = body_of(envelope)
+        if isinstance(body, P.JobProgressBatch):
+            assert len(body.items) >= 2
+            assert all(i.job_id == job_id for i in body.items)
+            frames, items = frames + 1, items + len(body.items)
+        elif isinstance(body, P.JobProgress) and body.job_id == job_id:
+            frames, items = frames + 1, items + 1
+    return frames, items
+
+
+def _fast_submit(env: Env, job_id: str, token: str) -> job_pb2.JobSubmit:
+    config = fake_config(epochs=2, batches=400, batch_sleep=0)
+    return submit_msg(env, job_id, token, config_content=config)
+
+
+def test_fast_trainer_progress_arrives_batched_in_order(env: Env) -> None:
+    async def body(service: WorkerService, connect: Any) -> None:
+        client, _ = await connect(hello=False)
+        ack = body_of(await client.hello(features=("fragments", "attach", "progress_batch")))
+        assert isinstance(ack, handshake_pb2.HelloAck) and "progress_batch" in ack.features
+        token = (await check(client, env)).check_token
+        await client.request(_fast_submit(env, "job-b", token))
+        end = await client.until_job_end("job-b")
+        assert isinstance(end, P.JobComplete), end
+        messages = client.job_messages("job-b")
+        assert [m.sequence for m in messages] == list(range(1, end.sequence + 1))
+        # in arrival order too: batches keep sequence order, logs keep their place
+        arrival = [
+            s
+            for e in client.inbox
+            for s in (
+                [i.sequence for i in e.job_progress_batch.items]
+                if e.WhichOneof("body") == "job_progress_batch"
+                else [body_of(e).sequence]  # type: ignore[union-attr]
+                if e.WhichOneof("body") in ("job_progress", "job_log", "job_complete")
+                else []
+            )
+        ]
+        assert arrival == sorted(arrival) and len(arrival) == len(set(arrival))
+        progress = [m for m in messages if isinstance(m, P.JobProgress)]
+        batch_ends = [m for m in progress if m.event == P.PROGRESS_EVENT_BATCH_END]
+        assert len(batch_ends) == 800
+        frames, items = _progress_frames(client, "job-b")
+        assert items == len(progress)
+        assert frames < items, (frames, items)
+
+    run(env, body)
+
+
+def test_v1_0_client_gets_plain_progress(env: Env) -> None:
+    from sleap_rtc_proto.versions import Version
+
+    async def body(service: WorkerService, connect: Any) -> None:
+        client, _ = await connect(hello=False)
+        answer = await client.hello(
+            features=("fragments", "attach", "progress_batch"), max_version=Version(1, 0)
+        )
+        ack = body_of(answer)
+        assert isinstance(ack, handshake_pb2.HelloAck), answer
+        assert (ack.chosen_version.major, ack.chosen_version.minor) == (1, 0)
+        assert "progress_batch" not in ack.features and "attach" in ack.features
+        token = (await check(client, env)).check_token
+        await client.request(_fast_submit(env, "job-o", token))
+        end = await client.until_job_end("job-o")
+        assert isinstance(end, P.JobComplete), end
+        assert all(e.WhichOneof("body") != "job_progress_batch" for e in client.inbox)
+        assert all((e.version.major, e.version.minor) == (1, 0) for e in client.inbox)
+        messages = client.job_messages("job-o")
+        assert [m.sequence for m in messages] == list(range(1, end.sequence + 1))
+
+    run(env, body)

@@ -438,3 +438,53 @@ def test_random_valid_envelopes_never_crash(bodies: list[Message]) -> None:
         elif not isinstance(body, error_pb2.Error):
             assert [r.correlation_id for r in replies] == [mid]
     still_usable(pair)
+
+
+# --- progress_batch (protocol 1.1) --------------------------------------------------------
+
+
+def test_progress_batch_is_agreed_only_from_1_1_and_when_asked() -> None:
+    features = ["fragments", "attach", "progress_batch"]
+    pair = Pair()
+    pair.send(handshake_pb2.Hello(**{**_hello_kw(), "features": features}))
+    ack = pair.reply().hello_ack
+    assert list(ack.features) == features and pair.worker.features == frozenset(features)
+    assert (ack.chosen_version.major, ack.chosen_version.minor) == (1, 1)
+    # a v1.0 peer that (wrongly) lists the feature still gets plain 1.0 and no batches
+    old = Pair()
+    old.client.version = Version(1, 0)
+    kw = {**_hello_kw(), "features": features, "max_version": Version(1, 0).to_proto()}
+    old.send(handshake_pb2.Hello(**kw))
+    envelope = old.reply()
+    assert (envelope.version.major, envelope.version.minor) == (1, 0)
+    assert (envelope.hello_ack.chosen_version.major, envelope.hello_ack.chosen_version.minor) == (
+        1,
+        0,
+    )
+    assert "progress_batch" not in envelope.hello_ack.features
+    assert old.worker.features == frozenset({"fragments", "attach"})
+    # a client that does not ask does not get it
+    plain = Pair()
+    plain.send(hello())
+    assert "progress_batch" not in plain.reply().hello_ack.features
+
+
+def test_a_batch_sent_to_the_worker_is_refused_as_unexpected() -> None:
+    pair = Pair()
+    pair.authenticate()
+    batch = progress_pb2.JobProgressBatch(
+        items=[progress_pb2.JobProgress(job_id="j", sequence=s) for s in (1, 2)]
+    )
+    _mid, events = pair.send(batch)
+    assert len(events) == 1
+    error = error_of(pair.reply())
+    assert error.code == error_pb2.ERROR_CODE_UNEXPECTED and "job_progress_batch" in error.message
+
+
+def _hello_kw() -> dict[str, object]:
+    return {
+        "min_version": SUPPORTED.min.to_proto(),
+        "max_version": SUPPORTED.max.to_proto(),
+        "token": "good",
+        "client_name": "t",
+    }

@@ -90,7 +90,9 @@ _ANSWERS: dict[RequestKind, frozenset[str]] = {
     RequestKind.CONTROL: frozenset({"job_status"}),
 }
 _ANSWER_BODIES = frozenset().union(*_ANSWERS.values())
-_JOB_EVENTS = frozenset({"job_progress", "job_log", "job_complete", "job_failed"})
+_JOB_EVENTS = frozenset(
+    {"job_progress", "job_progress_batch", "job_log", "job_complete", "job_failed"}
+)
 _REQUEST_BODIES = frozenset(
     {"hello", "path_check_request", "job_submit", "job_control", "job_attach"}
 )
@@ -148,7 +150,7 @@ class ClientSession:
         software: str = "",
         components: Mapping[str, str] | None = None,
         client_name: str = "",
-        features: tuple[str, ...] = ("fragments", "attach"),
+        features: tuple[str, ...] = ("fragments", "attach", "progress_batch"),
         supported: VersionRange = SUPPORTED,
         default_timeout_s: float = DEFAULT_TIMEOUT_S,
         max_frame_bytes: int = MAX_FRAME_BYTES,
@@ -352,6 +354,8 @@ class ClientSession:
                         "before_hello", f"{name} arrived before the handshake completed", cid
                     )
                 ]
+            if name == "job_progress_batch":
+                return self._batch(envelope, cid)
             return [_job_event(name, envelope)]
         if name in _REQUEST_BODIES:
             return [
@@ -362,6 +366,13 @@ class ClientSession:
         return [
             ProtocolViolation("unknown_body", f"unknown body {name} from a newer protocol", cid)
         ]
+
+    def _batch(self, envelope: Envelope, cid: int) -> list[Event]:
+        """One ProgressReceived per item of a JobProgressBatch, in order."""
+        items = envelope.job_progress_batch.items
+        if not items:
+            return [ProtocolViolation("malformed", "job_progress_batch has no items", cid)]
+        return [ProgressReceived(item) for item in items]
 
     def _answer(self, name: str, envelope: Envelope) -> list[Event]:
         cid = envelope.correlation_id

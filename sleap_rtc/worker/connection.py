@@ -5,8 +5,13 @@
 the bounded outbox and its writer (a send slower than ``send_timeout_s`` or an
 outbox past ``max_outbox_frames`` closes the link), the ticker that expires
 half-received fragmented messages, the connection's helper tasks (path checks)
-and its job subscriptions. What the events *mean* is the handler's business
-(:class:`~sleap_rtc.worker.service.WorkerService`).
+and its job subscriptions. JobProgress for a client that announced the
+"progress_batch" feature waits in an open group at the end of the outbox; the
+group is encoded (runs of progress as JobProgressBatch, see
+:mod:`sleap_rtc.worker.batching`) when the writer reaches it or when anything
+else is queued behind it, so progress is never delayed, only coalesced while
+the link is busy, and other messages keep their order. What the events *mean*
+is the handler's business (:class:`~sleap_rtc.worker.service.WorkerService`).
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from sleap_rtc.transport.link import Link, LinkClosed
+from sleap_rtc.worker.batching import FEATURE as BATCH_FEATURE
+from sleap_rtc.worker.batching import coalesce
 from sleap_rtc.worker.events import Event, make_error
 from sleap_rtc.worker.jobrecord import Job, JobMessage
 from sleap_rtc.worker.session import WorkerSession
-from sleap_rtc_proto.v1 import error_pb2
+from sleap_rtc_proto.v1 import error_pb2, progress_pb2
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,14 @@ log = logging.getLogger(__name__)
 TICK_S = 1.0
 #: Seconds a closing connection waits for its queued answers to go out.
 DRAIN_S = 1.0
+
+
+@dataclass(eq=False)
+class _ProgressGroup:
+    """JobProgress waiting in the outbox; ``frames`` once encoded."""
+
+    items: list[progress_pb2.JobProgress] = field(default_factory=list)
+    frames: list[bytes] | None = None
 
 
 class Connection:
@@ -57,15 +73,36 @@ class Connection:
         self.session = session
         self.send_timeout_s = send_timeout_s
         self.max_outbox_frames = max_outbox_frames
-        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.outbox: asyncio.Queue[bytes | _ProgressGroup] = asyncio.Queue()
+        self._open: _ProgressGroup | None = None  # the group still taking progress
         self.subscriptions: dict[str, Callable[[], None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.dead = False
 
     # --- output ----------------------------------------------------------------
 
+    @property
+    def batching(self) -> bool:
+        """True when the client agreed to JobProgressBatch (HelloAck.features)."""
+        return BATCH_FEATURE in self.session.features
+
+    def _close_group(self) -> None:
+        """Encode the open progress group in place (before anything queued after it)."""
+        group, self._open = self._open, None
+        if group is None:
+            return
+        for message in coalesce(group.items):
+            try:
+                self.session.send(message)
+            except Exception as exc:  # e.g. an outgoing message over the size limit
+                log.warning(
+                    "connection %s: cannot send %s: %s", self.peer_id, type(message), exc
+                )
+        group.frames = self.session.data_to_send()
+
     def flush(self) -> None:
         """Move the session's queued frames to the outbox (closing a reader that lags)."""
+        self._close_group()
         for frame in self.session.data_to_send():
             if self.outbox.qsize() >= self.max_outbox_frames:
                 log.warning("connection %s is not reading; closing it", self.peer_id)
@@ -93,10 +130,17 @@ class Connection:
     async def _writer(self) -> None:
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
         while not self.dead:
-            frame = await self.outbox.get()
+            item = await self.outbox.get()
+            if isinstance(item, _ProgressGroup):
+                if item is self._open:
+                    self._close_group()
+                frames = item.frames or []
+            else:
+                frames = [item]
             try:
-                async with asyncio.timeout(self.send_timeout_s):
-                    await self.link.send(frame)
+                for frame in frames:
+                    async with asyncio.timeout(self.send_timeout_s):
+                        await self.link.send(frame)
             except (LinkClosed, ConnectionError, TimeoutError, OSError) as exc:
                 log.info("connection %s: send failed (%s); closing", self.peer_id, exc)
                 self.kill()
@@ -118,6 +162,23 @@ class Connection:
         """Send one numbered job message (a job listener; never raises)."""
         if self.dead:
             return
+        if isinstance(message, progress_pb2.JobProgress) and self.batching:
+            if self._open is not None:
+                if len(self._open.items) >= self.max_outbox_frames:
+                    log.warning("connection %s is not reading; closing it", self.peer_id)
+                    self.kill()
+                    return
+                self._open.items.append(message)
+                return
+            if self.outbox.qsize() >= self.max_outbox_frames:
+                log.warning("connection %s is not reading; closing it", self.peer_id)
+                self.kill()
+                return
+            self.flush()  # frames the session already holds go first
+            self._open = _ProgressGroup([message])
+            self.outbox.put_nowait(self._open)
+            return
+        self._close_group()
         try:
             self.session.send(message)
         except Exception as exc:  # e.g. an outgoing message over the size limit
@@ -158,6 +219,7 @@ class Connection:
                     frame = await self.link.recv()
                 except (LinkClosed, ConnectionError):
                     break
+                self._close_group()  # progress queued so far goes before any answer
                 for event in self.session.receive(frame, time.monotonic()):
                     try:
                         handle(event)

@@ -73,6 +73,9 @@ __all__ = [  # the events and helpers live in .events; importable from here too
     "submit_violations",
 ]
 
+#: The first version with JobProgressBatch (feature "progress_batch").
+_BATCH_SINCE = Version(1, 1)
+
 #: Verifies a client's token; raises :class:`~sleap_rtc.auth.tokens.TokenError`.
 Verifier = Callable[[str], Claims]
 
@@ -84,6 +87,7 @@ WORKER_TO_CLIENT = frozenset(
         "job_accepted",
         "job_rejected",
         "job_progress",
+        "job_progress_batch",
         "job_log",
         "job_complete",
         "job_failed",
@@ -111,7 +115,7 @@ class WorkerInfo:
     worker_id: str
     software: str = ""
     components: Mapping[str, str] = field(default_factory=dict)
-    features: Sequence[str] = ("fragments", "attach")
+    features: Sequence[str] = ("fragments", "attach", "progress_batch")
     mounts: Sequence[str] = ()
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -170,6 +174,8 @@ class WorkerSession:
         self.authenticated = False
         self.subject = ""
         self.chosen_version: Version | None = None
+        #: Features both sides announced (HelloAck.features), set by a successful Hello.
+        self.features: frozenset[str] = frozenset()
 
     # --- output -------------------------------------------------------------
 
@@ -419,13 +425,17 @@ class WorkerSession:
         self.chosen_version = chosen
         self._stream.version = chosen
         offered = set(self.info.features)
+        if chosen < _BATCH_SINCE:  # JobProgressBatch is a 1.1 body
+            offered.discard("progress_batch")
+        features = [f for f in hello.features if f in offered]
+        self.features = frozenset(features)
         ack = handshake_pb2.HelloAck(
             chosen_version=chosen.to_proto(),
             min_version=self.supported.min.to_proto(),
             max_version=self.supported.max.to_proto(),
             software=self.info.software,
             components=dict(self.info.components),
-            features=[f for f in hello.features if f in offered],
+            features=features,
             limits=self.info.limits(),
             worker_id=self.info.worker_id,
             session_id=self.session_id,

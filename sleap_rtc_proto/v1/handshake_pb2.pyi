@@ -125,7 +125,8 @@ class Hello(_message.Message):
     @_builtins.property
     def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """features lists optional capabilities the client supports, e.g.
-        "fragments", "attach". Empty means none beyond the base protocol.
+        "fragments", "attach", "progress_batch" (since 1.1: the client handles
+        JobProgressBatch). Empty means none beyond the base protocol.
         """
 
     @_builtins.property

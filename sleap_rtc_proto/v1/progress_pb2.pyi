@@ -351,3 +351,39 @@ class JobFailed(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
 
 Global___JobFailed: _TypeAlias = JobFailed  # noqa: Y015
+
+@_typing.final
+class JobProgressBatch(_message.Message):
+    """JobProgressBatch carries several JobProgress messages of one connection in
+    one datachannel message, so that a fast trainer does not cost one message
+    per event. Added in protocol 1.1. Sent by the worker, unsolicited
+    (correlation_id 0), and only to a client whose Hello.features lists
+    "progress_batch" (HelloAck.features then lists it too); other clients get
+    the same JobProgress messages one by one. The worker sends a batch only
+    when several JobProgress messages wait to be sent at once, never delaying
+    one to fill a batch.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobProgress]:
+        """items are the JobProgress messages, in the order they would have been
+        sent (so in sequence order within each job), each exactly as it would be
+        sent alone. At least 2. The client handles a batch as its items one by
+        one, in order.
+        """
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___JobProgress] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobProgressBatch: _TypeAlias = JobProgressBatch  # noqa: Y015

@@ -10,11 +10,11 @@ from google.protobuf.message import Message
 from sleap_rtc.transport.link import Link
 from sleap_rtc_proto.codec import Envelope, body_of
 from sleap_rtc_proto.stream import MessageStream
-from sleap_rtc_proto.v1 import handshake_pb2, job_pb2
-from sleap_rtc_proto.versions import SUPPORTED
+from sleap_rtc_proto.v1 import handshake_pb2, job_pb2, progress_pb2
+from sleap_rtc_proto.versions import SUPPORTED, Version
 
 #: Envelope bodies that are numbered job messages.
-JOB_BODIES = ("job_progress", "job_log", "job_complete", "job_failed")
+JOB_BODIES = ("job_progress", "job_progress_batch", "job_log", "job_complete", "job_failed")
 
 
 class RawClient:
@@ -61,15 +61,22 @@ class RawClient:
     async def request(self, body: Message, timeout: float = 10.0) -> Envelope:
         return await self.answer(await self.send(body), timeout)
 
-    async def hello(self, token: str = "") -> Envelope:
+    async def hello(
+        self,
+        token: str = "",
+        *,
+        features: tuple[str, ...] = ("fragments", "attach"),
+        max_version: Version = SUPPORTED.max,
+    ) -> Envelope:
+        self.stream.version = max_version  # a peer speaks its own highest version first
         return await self.request(
             handshake_pb2.Hello(
                 min_version=SUPPORTED.min.to_proto(),
-                max_version=SUPPORTED.max.to_proto(),
+                max_version=max_version.to_proto(),
                 software="test-client",
                 token=token,
                 client_name="pytest",
-                features=["fragments", "attach"],
+                features=list(features),
             )
         )
 
@@ -80,8 +87,10 @@ class RawClient:
             if envelope.WhichOneof("body") not in JOB_BODIES:
                 continue
             body = body_of(envelope)
-            if isinstance(body, Message) and getattr(body, "job_id", None) == job_id:
-                seen.setdefault(getattr(body, "sequence", 0), body)
+            items = list(body.items) if isinstance(body, progress_pb2.JobProgressBatch) else [body]
+            for item in items:
+                if isinstance(item, Message) and getattr(item, "job_id", None) == job_id:
+                    seen.setdefault(getattr(item, "sequence", 0), item)
         return [seen[k] for k in sorted(seen)]
 
     async def until_job_end(self, job_id: str, timeout: float = 30.0) -> Message:
