@@ -28,9 +28,11 @@ import zmq
 from google.protobuf.message import Message
 
 from sleap_rtc.client.connection import WorkerConnection
-from sleap_rtc.client.flow import FlowTimeouts, PresubmissionFlow
+from sleap_rtc.client.events import ProgressReceived
+from sleap_rtc.client.flow import PresubmissionFlow
 from sleap_rtc.client.lossviewer import LossViewerBridge
-from sleap_rtc.client.session import ClientSession, ProgressReceived
+from sleap_rtc.client.session import ClientSession
+from sleap_rtc.client.timeouts import FlowTimeouts
 from sleap_rtc.transport.link import memory_link_pair
 from sleap_rtc.worker.batching import coalesce
 from sleap_rtc.worker.service import WorkerConfig, WorkerService

@@ -26,12 +26,16 @@ import h5py
 import numpy as np
 
 from sleap_rtc.auth.tokens import TokenVerifier
-from sleap_rtc.client.flow import AuthCheck, FlowStatus, PresubmissionFlow
+from sleap_rtc.client.auth import AuthCheck
+from sleap_rtc.client.flow import PresubmissionFlow
+from sleap_rtc.client.results import FlowStatus
 from sleap_rtc.signaling.client import SignalingClient
 from sleap_rtc.signaling.protocol import worker_metadata
 from sleap_rtc.signaling.rooms import RoomConfig
 from sleap_rtc.signaling.server import serve_signaling
-from sleap_rtc.transport.webrtc import DataChannelLink, make_connector, serve_links
+from sleap_rtc.transport.answerer import serve_links
+from sleap_rtc.transport.channel import DataChannelLink
+from sleap_rtc.transport.webrtc import make_connector
 from sleap_rtc.worker.service import WorkerConfig, WorkerService
 
 REPEATS = 20

@@ -24,8 +24,9 @@ from bench.flow import PROGRESS_BAR_PER_S, _throughput, progress_throughput
 from sleap_rtc.signaling.client import SignalingClient
 from sleap_rtc.signaling.rooms import RoomConfig
 from sleap_rtc.signaling.server import serve_signaling
+from sleap_rtc.transport.answerer import serve_links
 from sleap_rtc.transport.link import Link
-from sleap_rtc.transport.webrtc import make_connector, serve_links
+from sleap_rtc.transport.webrtc import make_connector
 
 WORKER_KEY = "bench-worker-key"
 

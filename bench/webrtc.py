@@ -17,8 +17,10 @@ from pathlib import Path
 from sleap_rtc.signaling.client import SignalingClient
 from sleap_rtc.signaling.rooms import RoomConfig
 from sleap_rtc.signaling.server import serve_signaling
+from sleap_rtc.transport.answerer import serve_links
+from sleap_rtc.transport.channel import DataChannelLink
 from sleap_rtc.transport.link import LinkClosed
-from sleap_rtc.transport.webrtc import DataChannelLink, make_connector, serve_links
+from sleap_rtc.transport.webrtc import make_connector
 
 REPEATS = 20
 FRAMES = 5000

@@ -34,21 +34,18 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from sleap_rtc.client.auth import AuthCheck
 from sleap_rtc.client.config import ConfigSource
-from sleap_rtc.client.flow import (
-    AcceptedView,
-    AuthCheck,
-    FlowResult,
-    FlowTimeouts,
-    PresubmissionFlow,
-    ProgressSink,
-)
+from sleap_rtc.client.flow import PresubmissionFlow
+from sleap_rtc.client.following import ProgressSink
 from sleap_rtc.client.lossviewer import (
     DEFAULT_CONTROLLER_PORT,
     DEFAULT_PUBLISH_PORT,
     LossViewerBridge,
 )
 from sleap_rtc.client.resolve import PrefixStore, Resolver
+from sleap_rtc.client.results import AcceptedView, FlowResult
+from sleap_rtc.client.timeouts import FlowTimeouts
 from sleap_rtc.jobs.spec import TrainJobSpec
 from sleap_rtc.transport.link import Link
 

@@ -204,7 +204,7 @@ class DemoProgress:
         self.batches = 0
 
     def handle(self, event: Any) -> None:
-        from sleap_rtc.client.session import JobCompleted, JobFailedEvent, ProgressReceived
+        from sleap_rtc.client.events import JobCompleted, JobFailedEvent, ProgressReceived
         from sleap_rtc_proto.v1 import progress_pb2 as pp
 
         if isinstance(event, ProgressReceived):

@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection
 
+from sleap_rtc.signaling.limits import Limits
 from sleap_rtc.signaling.rooms import RoomConfig
-from sleap_rtc.signaling.server import Limits, SignalingServer, serve_signaling
+from sleap_rtc.signaling.server import SignalingServer, serve_signaling
 
 T = TypeVar("T")
 

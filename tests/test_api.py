@@ -14,9 +14,10 @@ from slp_factory import make_h5_video, make_labels
 
 from sleap_rtc import api
 from sleap_rtc.auth.tokens import TokenIssuer
-from sleap_rtc.client.flow import COULD_NOT_CONNECT, FlowStatus, FlowTimeouts
+from sleap_rtc.client.events import JobCompleted
 from sleap_rtc.client.resolve import AutoResolver
-from sleap_rtc.client.session import JobCompleted
+from sleap_rtc.client.results import COULD_NOT_CONNECT, FlowStatus
+from sleap_rtc.client.timeouts import FlowTimeouts
 from sleap_rtc.gui import runners
 from sleap_rtc.jobs.spec import TrainJobSpec
 from sleap_rtc.transport.link import MemoryLink, memory_link_pair

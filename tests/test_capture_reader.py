@@ -15,9 +15,11 @@ from mcap.writer import CompressionType, Writer
 from test_inspect_support import session_capture
 
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.decode import SchemaProblem, compile_json, load_schema, to_dict
-from sleap_rtc.capture.mcapio import MAGIC
-from sleap_rtc.capture.reader import CaptureError, CaptureReader, Record
+from sleap_rtc.capture.convert import compile_json, to_dict
+from sleap_rtc.capture.decode import SchemaProblem, load_schema
+from sleap_rtc.capture.mcapio import MAGIC, CaptureError
+from sleap_rtc.capture.reader import CaptureReader
+from sleap_rtc.capture.record import Record
 from sleap_rtc_proto import codec
 from sleap_rtc_proto.v1 import envelope_pb2, job_pb2, spec_pb2
 

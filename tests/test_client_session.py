@@ -9,8 +9,7 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sleap_rtc.client.session import (
-    ClientSession,
+from sleap_rtc.client.events import (
     ErrorReceived,
     Event,
     HelloAccepted,
@@ -26,9 +25,8 @@ from sleap_rtc.client.session import (
     ProtocolViolation,
     RequestKind,
     RequestTimedOut,
-    SessionMisuse,
-    SessionState,
 )
+from sleap_rtc.client.session import ClientSession, SessionMisuse, SessionState
 from sleap_rtc_proto.codec import Envelope
 from sleap_rtc_proto.stream import MessageStream
 from sleap_rtc_proto.v1 import error_pb2, handshake_pb2, job_pb2, paths_pb2, progress_pb2, spec_pb2

@@ -459,7 +459,9 @@ def test_forged_tokens(lab: Lab, kind: str) -> None:
 def test_worker_verifies_the_token_itself(lab: Lab) -> None:
     """Signaling let the client in with a good token; the Hello carries a forged one:
     the worker refuses it (it does not take the signaling server's word)."""
-    from sleap_rtc.client.flow import LOGIN_REQUIRED, AuthCheck, PresubmissionFlow
+    from sleap_rtc.client.auth import AuthCheck
+    from sleap_rtc.client.flow import PresubmissionFlow
+    from sleap_rtc.client.results import LOGIN_REQUIRED
     from sleap_rtc.transport.webrtc import make_connector
 
     good = lab.issuer.issue("alice", "lab")
@@ -666,10 +668,12 @@ def test_ctrl_c_stops_early_and_keeps_the_checkpoint(lab: Lab) -> None:
 
 def test_attach_api_gets_the_rest_after_a_sequence(lab: Lab) -> None:
     """JobAttach over a fresh WebRTC connection resumes after the last seen sequence."""
+    from sleap_rtc.client.auth import AuthCheck
     from sleap_rtc.client.connection import WorkerConnection
-    from sleap_rtc.client.flow import AuthCheck, PresubmissionFlow
+    from sleap_rtc.client.events import JobCompleted, ProgressReceived
+    from sleap_rtc.client.flow import PresubmissionFlow
     from sleap_rtc.client.resolve import AutoResolver
-    from sleap_rtc.client.session import ClientSession, JobCompleted, ProgressReceived
+    from sleap_rtc.client.session import ClientSession
     from sleap_rtc.transport.webrtc import make_connector
 
     token = lab.issuer.issue("alice", "lab")

@@ -23,19 +23,19 @@ from rich.console import Console
 from slp_factory import make_h5_video, make_labels
 
 from sleap_rtc.auth.tokens import TokenIssuer, TokenVerifier
-from sleap_rtc.client.flow import (
+from sleap_rtc.client.auth import AuthCheck
+from sleap_rtc.client.events import JobCompleted, ProgressReceived
+from sleap_rtc.client.flow import PresubmissionFlow
+from sleap_rtc.client.resolve import AutoResolver, PrefixStore, TerminalResolver
+from sleap_rtc.client.results import (
     CONNECTION_LOST,
     COULD_NOT_CONNECT,
     LOGIN_REQUIRED,
     NO_ANSWER,
-    AuthCheck,
     FlowResult,
     FlowStatus,
-    FlowTimeouts,
-    PresubmissionFlow,
 )
-from sleap_rtc.client.resolve import AutoResolver, PrefixStore, TerminalResolver
-from sleap_rtc.client.session import JobCompleted, ProgressReceived
+from sleap_rtc.client.timeouts import FlowTimeouts
 from sleap_rtc.client.views import CheckView, Resolution
 from sleap_rtc.transport.link import MemoryLink, memory_link_pair
 from sleap_rtc.worker.service import WorkerConfig, WorkerService

@@ -19,10 +19,11 @@ import pytest
 from slp_factory import make_h5_video, make_labels
 from test_flow import Harness, Lab, Recorder, fake_config, with_worker
 
-from sleap_rtc.client.events import sequence_of
-from sleap_rtc.client.flow import CONNECTION_LOST, FlowResult, FlowTimeouts, PresubmissionFlow
+from sleap_rtc.client.events import JobCompleted, ProgressReceived, sequence_of
+from sleap_rtc.client.flow import PresubmissionFlow
 from sleap_rtc.client.following import Reorder
-from sleap_rtc.client.session import JobCompleted, ProgressReceived
+from sleap_rtc.client.results import CONNECTION_LOST, FlowResult
+from sleap_rtc.client.timeouts import FlowTimeouts
 from sleap_rtc.transport.link import MemoryLink
 from sleap_rtc.worker.service import WorkerConfig, WorkerService
 from sleap_rtc_proto.codec import decode

@@ -30,7 +30,7 @@ from sleap_rtc.auth.login import (
 from sleap_rtc.auth.store import TokenStore
 from sleap_rtc.auth.tokens import TokenError, TokenIssuer
 from sleap_rtc.signaling.client import SignalingClient, SignalingError
-from sleap_rtc.signaling.server import LOGIN_SCRIPT
+from sleap_rtc.signaling.web import LOGIN_SCRIPT
 
 
 def get(url: str) -> tuple[int, str, str]:

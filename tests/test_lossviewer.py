@@ -16,8 +16,8 @@ import zmq
 from rich.console import Console
 
 from sleap_rtc.client.display import TerminalProgress
+from sleap_rtc.client.events import JobCompleted, JobFailedEvent, LogReceived, ProgressReceived
 from sleap_rtc.client.lossviewer import LossViewerBridge, progress_message
-from sleap_rtc.client.session import JobCompleted, JobFailedEvent, LogReceived, ProgressReceived
 from sleap_rtc_proto.v1 import progress_pb2 as P
 
 

@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from slp_factory import make_h5_video, make_labels, rewrite_video_rows
 
+from sleap_rtc.worker.checktoken import issue_check_token
 from sleap_rtc.worker.index import FileIndex
 from sleap_rtc.worker.mounts import MountPolicy
-from sleap_rtc.worker.pathcheck import PathChecker, issue_check_token
+from sleap_rtc.worker.pathcheck import PathChecker
 from sleap_rtc.worker.suggest import ClientPath, Mapper, infer_rules
 from sleap_rtc_proto.v1 import paths_pb2 as pb
 

@@ -15,8 +15,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from sleap_rtc.auth.tokens import TokenIssuer
+from sleap_rtc.signaling.limits import TokenBucket
 from sleap_rtc.signaling.protocol import worker_metadata
-from sleap_rtc.signaling.server import KEY_FILE, ROOMS_FILE, TokenBucket, serve_signaling
+from sleap_rtc.signaling.server import KEY_FILE, ROOMS_FILE, serve_signaling
 
 
 def register_worker(

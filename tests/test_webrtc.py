@@ -16,18 +16,16 @@ from rtc_helpers import WORKER_KEY, run, signaling_server
 from sleap_rtc.signaling.client import SignalingClient, SignalingError
 from sleap_rtc.signaling.server import SignalingServer
 from sleap_rtc.transport import loopback
-from sleap_rtc.transport.link import Link, LinkClosed
-from sleap_rtc.transport.webrtc import (
+from sleap_rtc.transport.answerer import Answerer, serve_links
+from sleap_rtc.transport.channel import (
     PROTOCOL,
-    Answerer,
     ConnectError,
     DataChannelLink,
     FrameTooLargeToSend,
     ice_configuration,
-    make_connector,
-    offer_link,
-    serve_links,
 )
+from sleap_rtc.transport.link import Link, LinkClosed
+from sleap_rtc.transport.webrtc import make_connector, offer_link
 from sleap_rtc_proto.codec import MAX_FRAME_BYTES
 
 

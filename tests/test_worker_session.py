@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sleap_rtc.auth.tokens import Claims, TokenError
-from sleap_rtc.worker.session import (
+from sleap_rtc.worker.events import (
     HelloAccepted,
     JobAttachRequested,
     JobControlRequested,
@@ -15,9 +15,8 @@ from sleap_rtc.worker.session import (
     PathCheckRequested,
     PeerError,
     ProtocolViolation,
-    WorkerInfo,
-    WorkerSession,
 )
+from sleap_rtc.worker.session import WorkerInfo, WorkerSession
 from sleap_rtc_proto.codec import Envelope, body_of, make_envelope
 from sleap_rtc_proto.stream import MessageStream, split
 from sleap_rtc_proto.v1 import (

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sleap_rtc.capture.mcapio import CaptureError, Problem
-    from sleap_rtc.capture.reader import CaptureReader, Record
+    from sleap_rtc.capture.parts import Connection
+    from sleap_rtc.capture.reader import CaptureReader
+    from sleap_rtc.capture.record import Record
     from sleap_rtc.capture.recorder import (
         ENV_CAPTURE,
         CaptureWriter,
-        Connection,
         RecordingLink,
         capture_from_env,
     )

@@ -22,34 +22,14 @@ from sleap_rtc.capture.convert import (
     JsonConverter,
     compile_converter,
     compile_json,
-    to_dict,
-)
-from sleap_rtc.capture.rawproto import (
-    UNKNOWN_KEY,
-    _unknown_entry,
-    decode_raw,
-    unknown_entry,
-    unknown_field_set,
-    unknown_fields,
 )
 from sleap_rtc.capture.wirejson import WireJson, compile_wire_json
 
 __all__ = [
     "FIRST_BODY_FIELD",
-    "UNKNOWN_KEY",
-    "Converter",
-    "JsonConverter",
     "LoadedSchema",
     "SchemaProblem",
-    "_unknown_entry",
-    "compile_converter",
-    "compile_json",
-    "decode_raw",
     "load_schema",
-    "to_dict",
-    "unknown_entry",
-    "unknown_field_set",
-    "unknown_fields",
 ]
 
 #: Envelope field numbers from this one on are bodies (see envelope.proto).

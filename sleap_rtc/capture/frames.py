@@ -14,15 +14,10 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.decode import (
-    FIRST_BODY_FIELD,
-    LoadedSchema,
-    SchemaProblem,
-    load_schema,
-    unknown_field_set,
-)
+from sleap_rtc.capture.decode import FIRST_BODY_FIELD, LoadedSchema, SchemaProblem, load_schema
 from sleap_rtc.capture.legacy import parse_frame
 from sleap_rtc.capture.mcapio import ChannelRecord, RawMessage, SchemaRecord
+from sleap_rtc.capture.rawproto import unknown_field_set
 from sleap_rtc.capture.record import Record
 
 __all__ = ["Channel", "decode_frame", "fallback_schema", "make_channel", "raw_record"]

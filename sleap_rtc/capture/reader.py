@@ -36,16 +36,11 @@ from sleap_rtc.capture.mcapio import (
     SchemaRecord,
     chunk_plan,
 )
-from sleap_rtc.capture.record import Record, format_time, raw_view
+from sleap_rtc.capture.record import Record
 
 __all__ = [
-    "CaptureError",
     "CaptureReader",
     "FileInfo",
-    "Problem",
-    "Record",
-    "format_time",
-    "raw_view",
 ]
 
 #: Lines per batch when records are turned into JSON one by one.

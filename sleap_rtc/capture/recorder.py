@@ -34,7 +34,6 @@ __all__ = [
     "ENV_CAPTURE_MAX_BYTES",
     "MIN_MAX_BYTES",
     "CaptureWriter",
-    "Connection",
     "RecordingLink",
     "capture_from_env",
     "parse_size",

@@ -11,7 +11,8 @@ from sleap_rtc.cli.exits import CliError, ExitCode
 
 if TYPE_CHECKING:
     from sleap_rtc.capture.recorder import CaptureWriter
-    from sleap_rtc.client.flow import FlowResult, PresubmissionFlow
+    from sleap_rtc.client.flow import PresubmissionFlow
+    from sleap_rtc.client.results import FlowResult
     from sleap_rtc.config.client import ClientSettings
     from sleap_rtc.signaling.client import PeerInfo
 
@@ -72,8 +73,10 @@ def build_flow(
 ) -> PresubmissionFlow:
     from sleap_rtc import __version__
     from sleap_rtc.cli.peers import connector
-    from sleap_rtc.client.flow import AuthCheck, FlowTimeouts, PresubmissionFlow
+    from sleap_rtc.client.auth import AuthCheck
+    from sleap_rtc.client.flow import PresubmissionFlow
     from sleap_rtc.client.resolve import PrefixStore
+    from sleap_rtc.client.timeouts import FlowTimeouts
 
     settings = target.settings
     token = target.token
@@ -95,7 +98,7 @@ def build_flow(
 
 def exit_code(result: FlowResult) -> ExitCode:
     """A flow's outcome as the documented exit code."""
-    from sleap_rtc.client.flow import CONNECTION_LOST, FlowStatus
+    from sleap_rtc.client.results import CONNECTION_LOST, FlowStatus
 
     if result.status is FlowStatus.SUCCESS:
         return ExitCode.OK

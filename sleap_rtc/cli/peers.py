@@ -111,8 +111,9 @@ def connector(
 ) -> Callable[[], Awaitable[Link]]:
     """A ``connect()`` for the client flow: each call opens a fresh WebRTC link."""
     from sleap_rtc.signaling.client import SignalingError
+    from sleap_rtc.transport.channel import ConnectError
     from sleap_rtc.transport.link import LinkClosed
-    from sleap_rtc.transport.webrtc import ConnectError, make_connector
+    from sleap_rtc.transport.webrtc import make_connector
 
     opener = make_connector(
         settings.server,
@@ -316,7 +317,8 @@ async def run_worker(
     from sleap_rtc.cli.common import write_ready_file
     from sleap_rtc.cli.status import StatusReporter
     from sleap_rtc.signaling.client import SignalingClient, SignalingError
-    from sleap_rtc.transport.webrtc import DataChannelLink, serve_links
+    from sleap_rtc.transport.answerer import serve_links
+    from sleap_rtc.transport.channel import DataChannelLink
 
     out = say or _say
     state = runtime or WorkerRuntime()

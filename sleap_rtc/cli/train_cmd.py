@@ -294,8 +294,9 @@ async def reattach(
         RequestTimeout,
         WorkerConnection,
     )
-    from sleap_rtc.client.flow import CONNECTION_LOST, COULD_NOT_CONNECT, LOGIN_REQUIRED
-    from sleap_rtc.client.session import ClientSession, JobCompleted, JobFailedEvent
+    from sleap_rtc.client.events import JobCompleted, JobFailedEvent
+    from sleap_rtc.client.results import CONNECTION_LOST, COULD_NOT_CONNECT, LOGIN_REQUIRED
+    from sleap_rtc.client.session import ClientSession
     from sleap_rtc_proto.v1 import error_pb2, job_pb2
 
     try:

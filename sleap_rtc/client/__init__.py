@@ -6,6 +6,7 @@ The pieces most callers need are re-exported here; the LossViewer bridge
 (:mod:`sleap_rtc.client.display`) are imported from their modules.
 """
 
+from sleap_rtc.client.auth import AuthCheck
 from sleap_rtc.client.config import ConfigError, config_to_yaml
 from sleap_rtc.client.connection import (
     ConnectionLost,
@@ -14,17 +15,7 @@ from sleap_rtc.client.connection import (
     RequestTimeout,
     WorkerConnection,
 )
-from sleap_rtc.client.flow import (
-    CONNECTION_LOST,
-    COULD_NOT_CONNECT,
-    LOGIN_REQUIRED,
-    AuthCheck,
-    FlowResult,
-    FlowStatus,
-    FlowTimeouts,
-    PresubmissionFlow,
-    PresubmissionResult,
-)
+from sleap_rtc.client.flow import PresubmissionFlow
 from sleap_rtc.client.resolve import (
     AutoResolver,
     PrefixStore,
@@ -32,7 +23,16 @@ from sleap_rtc.client.resolve import (
     Resolver,
     TerminalResolver,
 )
+from sleap_rtc.client.results import (
+    CONNECTION_LOST,
+    COULD_NOT_CONNECT,
+    LOGIN_REQUIRED,
+    FlowResult,
+    FlowStatus,
+    PresubmissionResult,
+)
 from sleap_rtc.client.session import ClientSession
+from sleap_rtc.client.timeouts import FlowTimeouts
 from sleap_rtc.client.views import CheckView, Resolution
 
 __all__ = [

@@ -52,7 +52,6 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT_S",
     "ConnectionLost",
     "HelloRefusedError",
-    "JobEvent",
     "RemoteError",
     "RequestTimeout",
     "WorkerConnection",

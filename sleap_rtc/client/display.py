@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from rich.console import Console
 from rich.markup import escape
 
-from sleap_rtc.client.session import (
+from sleap_rtc.client.events import (
     Event,
     JobCompleted,
     JobFailedEvent,

@@ -41,13 +41,12 @@ from sleap_rtc.client.config import ConfigSource
 from sleap_rtc.client.connection import (
     ConnectionLost,
     HelloRefusedError,
-    JobEvent,
     RemoteError,
     RequestTimeout,
     WorkerConnection,
 )
-from sleap_rtc.client.draft import OVERRIDES, draft_spec, final_spec, new_job_id
-from sleap_rtc.client.following import ProgressFollower, ProgressSink, Reorder
+from sleap_rtc.client.draft import draft_spec, final_spec, new_job_id
+from sleap_rtc.client.following import ProgressFollower, ProgressSink
 from sleap_rtc.client.resolve import PrefixStore, ResolutionFailed, Resolver, prefixes_learned
 from sleap_rtc.client.results import (
     CONNECTION_LOST,
@@ -56,13 +55,9 @@ from sleap_rtc.client.results import (
     NO_ANSWER,
     AcceptedView,
     Checked,
-    CompletionView,
-    FailureView,
     FlowEnded,
     FlowResult,
     FlowStatus,
-    PresubmissionResult,
-    ViolationView,
     checked_result,
     describe,
     error_result,
@@ -81,26 +76,7 @@ from sleap_rtc_proto.v1 import error_pb2, job_pb2, spec_pb2
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CONNECTION_LOST",
-    "COULD_NOT_CONNECT",
-    "LOGIN_REQUIRED",
-    "NO_ANSWER",
-    "OVERRIDES",
-    "AcceptedView",
-    "AuthCheck",
-    "CompletionView",
-    "FailureView",
-    "FlowResult",
-    "FlowStatus",
-    "FlowTimeouts",
-    "JobEvent",
-    "LoginRequired",
     "PresubmissionFlow",
-    "PresubmissionResult",
-    "ProgressSink",
-    "Reorder",
-    "ViolationView",
-    "new_job_id",
 ]
 
 #: The limits a flow uses unless given others.

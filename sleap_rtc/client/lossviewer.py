@@ -40,12 +40,7 @@ from typing import Any
 
 import zmq
 
-from sleap_rtc.client.session import (
-    Event,
-    JobCompleted,
-    JobFailedEvent,
-    ProgressReceived,
-)
+from sleap_rtc.client.events import Event, JobCompleted, JobFailedEvent, ProgressReceived
 from sleap_rtc_proto.v1 import progress_pb2
 
 log = logging.getLogger(__name__)

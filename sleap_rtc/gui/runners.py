@@ -35,8 +35,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from sleap_rtc.api import check_paths_async, run_training_async
-from sleap_rtc.client.flow import FlowResult, FlowStatus, PresubmissionResult
 from sleap_rtc.client.lossviewer import DEFAULT_CONTROLLER_PORT, DEFAULT_PUBLISH_PORT
+from sleap_rtc.client.results import FlowResult, FlowStatus, PresubmissionResult
 from sleap_rtc.jobs.spec import TrainJobSpec
 
 __all__ = [

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TextIO
 from sleap_rtc.capture import format as fmt
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.reader import Record
+    from sleap_rtc.capture.record import Record
 from sleap_rtc.inspect.common import (
     add_filter_arguments,
     add_input_arguments,
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def text_line(rec: Record, width: int = 0) -> str:
     """The human-readable line of one record."""
-    from sleap_rtc.capture.reader import format_time
+    from sleap_rtc.capture.record import format_time
 
     t = format_time(rec.time_ns)[11:26] if rec.time_ns else "-"
     ids = ""
@@ -79,7 +79,7 @@ def text_line(rec: Record, width: int = 0) -> str:
 
 
 def summarize(rec: Record) -> str:
-    from sleap_rtc.capture.reader import raw_view
+    from sleap_rtc.capture.record import raw_view
 
     if rec.kind == "raw":
         shown = raw_view(rec.raw or b"", limit=48)

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, TextIO
 from sleap_rtc.capture import format as fmt
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.reader import CaptureReader, Record
+    from sleap_rtc.capture.reader import CaptureReader
+    from sleap_rtc.capture.record import Record
 
 _DIRECTION_ALIASES = {
     "client_to_worker": fmt.CLIENT_TO_WORKER,

@@ -48,7 +48,7 @@ def _version(v: Any) -> str:
 
 def gather(reader: CaptureReader) -> dict[str, Any]:
     """The info of a capture as a JSON-ready dict."""
-    from sleap_rtc.capture.reader import format_time
+    from sleap_rtc.capture.record import format_time
 
     kinds: Counter[str] = Counter()
     bodies: Counter[str] = Counter()

@@ -24,7 +24,7 @@ from sleap_rtc.inspect.common import (
 )
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.reader import Record
+    from sleap_rtc.capture.record import Record
 
 #: Body types that expect an answer (those never answered are counted).
 REQUESTS = frozenset({"hello", "path_check_request", "job_submit", "job_control", "job_attach"})

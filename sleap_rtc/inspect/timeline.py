@@ -25,7 +25,7 @@ from sleap_rtc.inspect.common import (
 )
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.reader import Record
+    from sleap_rtc.capture.record import Record
 
 WIDTH = 960
 LEFT = 190
@@ -124,7 +124,7 @@ def render_svg(
     records: list[Record], *, collapse: bool = True, title: str = "", total: int = 0
 ) -> str:
     """The sequence diagram of ``records`` as a standalone SVG document."""
-    from sleap_rtc.capture.reader import format_time
+    from sleap_rtc.capture.record import format_time
 
     rows = _rows(records, collapse)
     t0 = next((r.time_ns for r in records if r.time_ns), 0)

@@ -43,26 +43,14 @@ from sleap_rtc.signaling.limits import Limits, TokenBucket
 from sleap_rtc.signaling.protocol import ErrorCode, MessageError
 from sleap_rtc.signaling.rooms import PeerEntry, Registry, RoomConfig, load_rooms, save_rooms
 from sleap_rtc.signaling.web import (
-    JWKS_PATH,
-    LOGIN_PATH,
-    LOGIN_SCRIPT,
-    LOGIN_SUBMIT_PATH,
-    LOOPBACK_HOSTS,
     LoginDesk,
     http_response,
 )
 
 __all__ = [
-    "JWKS_PATH",
     "KEY_FILE",
-    "LOGIN_PATH",
-    "LOGIN_SCRIPT",
-    "LOGIN_SUBMIT_PATH",
-    "LOOPBACK_HOSTS",
     "ROOMS_FILE",
-    "Limits",
     "SignalingServer",
-    "TokenBucket",
     "serve_signaling",
 ]
 

@@ -36,18 +36,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from sleap_rtc.signaling.client import SignalingClient, SignalingError
-from sleap_rtc.transport.answerer import Answerer, serve_links
 from sleap_rtc.transport.channel import (
     CHANNEL_LABEL,
-    CLOSE_TIMEOUT_S,
     DEFAULT_CONNECT_TIMEOUT_S,
-    DEFAULT_HIGH_WATER,
-    DEFAULT_MAX_INBOX_BYTES,
-    DEFAULT_SEND_STALL_S,
     PROTOCOL,
     ConnectError,
     DataChannelLink,
-    FrameTooLargeToSend,
     IceServerSpec,
     ice_configuration,
 )
@@ -55,23 +49,9 @@ from sleap_rtc.transport.link import LinkClosed
 from sleap_rtc.transport.loopback import loopback_candidates
 
 __all__ = [
-    "CHANNEL_LABEL",
-    "CLOSE_TIMEOUT_S",
-    "DEFAULT_CONNECT_TIMEOUT_S",
-    "DEFAULT_HIGH_WATER",
-    "DEFAULT_MAX_INBOX_BYTES",
-    "DEFAULT_SEND_STALL_S",
-    "PROTOCOL",
-    "Answerer",
-    "ConnectError",
-    "DataChannelLink",
-    "FrameTooLargeToSend",
-    "IceServerSpec",
     "connect_worker",
-    "ice_configuration",
     "make_connector",
     "offer_link",
-    "serve_links",
 ]
 
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sleap_rtc.worker.trainer import ProgressUpdate, RunResult, TrainPlan
+from sleap_rtc.worker.trainer import RunResult
+from sleap_rtc.worker.trainplan import TrainPlan
+from sleap_rtc.worker.zmqprogress import ProgressUpdate
 from sleap_rtc_proto.v1 import job_pb2, progress_pb2
 
 V = job_pb2

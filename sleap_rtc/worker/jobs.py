@@ -38,12 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from sleap_rtc.worker.events import make_error, submit_violations
-from sleap_rtc.worker.jobrecord import ACTIVE_STATES, Job, JobMessage
+from sleap_rtc.worker.jobrecord import Job
 from sleap_rtc.worker.mounts import MountPolicy, PathRejected
-from sleap_rtc.worker.trainer import DEFAULT_TRAINER_COMMAND, TrainPlan, build_command
+from sleap_rtc.worker.trainplan import DEFAULT_TRAINER_COMMAND, TrainPlan, build_command
 from sleap_rtc.worker.validate import (
-    CONFIG_PATH_KEYS,
-    WORKER_RULES,
     SubmitValidator,
     TokenCheck,
     ValidSpec,
@@ -54,15 +52,9 @@ from sleap_rtc_proto.codec import MAX_CONFIG_BYTES
 from sleap_rtc_proto.v1 import error_pb2, job_pb2
 
 __all__ = [
-    "ACTIVE_STATES",
-    "CONFIG_PATH_KEYS",
-    "WORKER_RULES",
     "IntakeConfig",
-    "Job",
-    "JobMessage",
     "JobRegistry",
     "SubmitAnswer",
-    "TokenCheck",
     "spec_hash",
 ]
 

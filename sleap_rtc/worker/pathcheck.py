@@ -33,8 +33,6 @@ __all__ = [
     "MAX_SUGGESTIONS",
     "PathChecker",
     "Probe",
-    "issue_check_token",  # re-exported from checktoken
-    "verify_check_token",
 ]
 
 #: Labels files whose video lists are kept (keyed by path, size and mtime).

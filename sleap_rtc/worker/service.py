@@ -55,17 +55,14 @@ from sleap_rtc.worker.events import (
     make_error,
 )
 from sleap_rtc.worker.index import FileIndex
-from sleap_rtc.worker.jobs import IntakeConfig, Job, JobRegistry
+from sleap_rtc.worker.jobrecord import Job
+from sleap_rtc.worker.jobs import IntakeConfig, JobRegistry
 from sleap_rtc.worker.mounts import MountPolicy, PathRejected
 from sleap_rtc.worker.pathcheck import PathChecker
 from sleap_rtc.worker.session import Verifier, WorkerInfo, WorkerSession
-from sleap_rtc.worker.trainer import (
-    DEFAULT_TRAINER_COMMAND,
-    ProgressUpdate,
-    RunLimits,
-    RunResult,
-    TrainerRun,
-)
+from sleap_rtc.worker.trainer import RunLimits, RunResult, TrainerRun
+from sleap_rtc.worker.trainplan import DEFAULT_TRAINER_COMMAND
+from sleap_rtc.worker.zmqprogress import ProgressUpdate
 from sleap_rtc_proto.codec import MAX_CONFIG_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 from sleap_rtc_proto.v1 import error_pb2, job_pb2, progress_pb2
 

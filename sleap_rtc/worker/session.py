@@ -29,7 +29,6 @@ from google.protobuf.message import DecodeError, Message
 
 from sleap_rtc.auth.tokens import Claims, TokenError
 from sleap_rtc.worker.events import (
-    MAX_ERROR_CHARS,
     Event,
     HelloAccepted,
     JobAttachRequested,
@@ -55,22 +54,11 @@ from sleap_rtc_proto.stream import MessageStream
 from sleap_rtc_proto.v1 import error_pb2, handshake_pb2, job_pb2, paths_pb2
 from sleap_rtc_proto.versions import SUPPORTED, Version, VersionRange, negotiate
 
-__all__ = [  # the events and helpers live in .events; importable from here too
-    "MAX_ERROR_CHARS",
+__all__ = [
     "WORKER_TO_CLIENT",
-    "Event",
-    "HelloAccepted",
-    "JobAttachRequested",
-    "JobControlRequested",
-    "JobSubmitted",
-    "PathCheckRequested",
-    "PeerError",
-    "ProtocolViolation",
     "Verifier",
     "WorkerInfo",
     "WorkerSession",
-    "make_error",
-    "submit_violations",
 ]
 
 #: The first version with JobProgressBatch (feature "progress_batch").

@@ -38,34 +38,22 @@ import zmq
 import zmq.asyncio
 
 from sleap_rtc.worker.trainplan import (
-    DEFAULT_TRAINER_COMMAND,
     TrainPlan,
     build_command,
-    hydra_quote,
 )
 from sleap_rtc.worker.zmqprogress import (
-    EVENTS,
     ProgressTranslator,
     ProgressUpdate,
-    sanitize_metrics,
 )
 from sleap_rtc_proto.v1 import progress_pb2
 
 __all__ = [
-    "DEFAULT_TRAINER_COMMAND",
-    "EVENTS",
     "LineSplitter",
-    "ProgressTranslator",
-    "ProgressUpdate",
     "RunLimits",
     "RunResult",
     "RunSink",
-    "TrainPlan",
     "TrainerRun",
-    "build_command",
-    "hydra_quote",
     "list_outputs",
-    "sanitize_metrics",
 ]
 
 #: Output files listed in JobComplete.outputs (top level of the run dir).
