@@ -109,7 +109,7 @@ _WORKER = r"""
 import asyncio, sys
 from bench.webrtc import _echo_or_count
 from sleap_rtc.signaling.client import SignalingClient
-from sleap_rtc.transport.webrtc import serve_links
+from sleap_rtc.transport.answerer import serve_links
 async def main():
     sig = await SignalingClient.connect(sys.argv[1])
     await sig.register(room_id="bench", role="worker", worker_key=sys.argv[2], peer_id="w2")

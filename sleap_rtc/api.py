@@ -2,8 +2,9 @@
 
 Thin doors into :class:`~sleap_rtc.client.flow.PresubmissionFlow`. By default
 they read the client settings (``client.toml``: signaling server, room,
-worker), the stored login token, and connect over WebRTC; tests and embedders
-pass ``connect`` (and ``auth``) instead.
+worker), the stored login token, and connect over WebRTC (the wiring is
+:mod:`sleap_rtc.client.wiring`); tests and embedders pass ``connect`` (and
+``auth``) instead. ``capture="run.mcap"`` records the datachannel traffic.
 
 Train with a config built in memory (the seed's ``config_content``)::
 
@@ -31,11 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sleap_rtc.client.auth import AuthCheck
-from sleap_rtc.client.config import ConfigSource
 from sleap_rtc.client.flow import PresubmissionFlow
 from sleap_rtc.client.following import ProgressSink
 from sleap_rtc.client.lossviewer import (
@@ -46,8 +46,13 @@ from sleap_rtc.client.lossviewer import (
 from sleap_rtc.client.resolve import PrefixStore, Resolver
 from sleap_rtc.client.results import AcceptedView, FlowResult
 from sleap_rtc.client.timeouts import FlowTimeouts
+from sleap_rtc.client.training_config import ConfigSource
+from sleap_rtc.client.wiring import Connect, build_flow, open_capture, recording, stored_login
+from sleap_rtc.config.client import load, with_overrides
 from sleap_rtc.jobs.spec import TrainJobSpec
-from sleap_rtc.transport.link import Link
+
+if TYPE_CHECKING:
+    from sleap_rtc.capture.recorder import CaptureWriter
 
 __all__ = [
     "FlowResult",
@@ -58,7 +63,8 @@ __all__ = [
     "run_training_async",
 ]
 
-Connect = Callable[[], Awaitable[Link]]
+#: The client name these doors send in Hello.
+CLIENT_NAME = "sleap-rtc api"
 
 
 async def run_training_async(
@@ -92,6 +98,7 @@ async def run_training_async(
     auth: AuthCheck | None = None,
     store: PrefixStore | None = None,
     timeouts: FlowTimeouts | None = None,
+    capture: str | os.PathLike[str] | None = None,
 ) -> FlowResult:
     """Async form of :func:`run_training` (same arguments)."""
     overrides = {
@@ -112,29 +119,34 @@ async def run_training_async(
             raise TypeError("give config or config_path, not both")
         source = os.fspath(config_path)
     sinks = list(progress)
-    flow = _flow(
-        room=room, worker=worker, server=server, token=token, connect=connect, auth=auth,
-        resolver=resolver, store=store, timeouts=timeouts, sinks=sinks, follow=follow,
-        on_accepted=on_accepted,
-    )
-    if lossviewer:
-        flow.sinks.append(
-            LossViewerBridge(
-                publish_port=publish_port,
-                controller_port=controller_port,
-                on_stop=flow.request_stop,
-            )
+    writer = _open_capture(capture)
+    try:
+        flow = _flow(
+            room=room, worker=worker, server=server, token=token, connect=connect, auth=auth,
+            resolver=resolver, store=store, timeouts=timeouts, sinks=sinks, follow=follow,
+            on_accepted=on_accepted, capture=writer,
         )
-    return await flow.run(
-        labels_path=labels_path,
-        config=source,
-        config_content=config_content,
-        spec=spec,
-        path_mappings=path_mappings,
-        prefix_mappings=prefix_mappings,
-        retry_job_id=retry_job_id,
-        **overrides,
-    )
+        if lossviewer:
+            flow.sinks.append(
+                LossViewerBridge(
+                    publish_port=publish_port,
+                    controller_port=controller_port,
+                    on_stop=flow.request_stop,
+                )
+            )
+        return await flow.run(
+            labels_path=labels_path,
+            config=source,
+            config_content=config_content,
+            spec=spec,
+            path_mappings=path_mappings,
+            prefix_mappings=prefix_mappings,
+            retry_job_id=retry_job_id,
+            **overrides,
+        )
+    finally:
+        if writer is not None:
+            await writer.aclose()
 
 
 def run_training(
@@ -165,6 +177,9 @@ def run_training(
         timeouts: per-step limits, e.g. how fast a silent worker counts as lost
             (``FlowTimeouts(probe_after_s=..., probe_timeout_s=...)``).
         connect / auth: injected transport and login (tests, embedding).
+        capture: record the datachannel traffic into this MCAP file (read it
+            with ``sleap-rtc inspect``); a file that cannot be created is logged
+            and left out, the training goes on.
 
     Returns:
         A :class:`FlowResult`: status, message, job id, mappings used, answers.
@@ -191,16 +206,22 @@ async def check_paths_async(
     auth: AuthCheck | None = None,
     store: PrefixStore | None = None,
     timeouts: FlowTimeouts | None = None,
+    capture: str | os.PathLike[str] | None = None,
 ) -> FlowResult:
     """Async form of :func:`check_paths`."""
-    flow = _flow(
-        room=room, worker=worker, server=server, token=token, connect=connect, auth=auth,
-        resolver=resolver, store=store, timeouts=timeouts, sinks=[], follow=False,
-        on_accepted=None,
-    )
-    return await flow.check(
-        labels_path, path_mappings=path_mappings, prefix_mappings=prefix_mappings
-    )
+    writer = _open_capture(capture)
+    try:
+        flow = _flow(
+            room=room, worker=worker, server=server, token=token, connect=connect, auth=auth,
+            resolver=resolver, store=store, timeouts=timeouts, sinks=[], follow=False,
+            on_accepted=None, capture=writer,
+        )
+        return await flow.check(
+            labels_path, path_mappings=path_mappings, prefix_mappings=prefix_mappings
+        )
+    finally:
+        if writer is not None:
+            await writer.aclose()
 
 
 def check_paths(labels_path: str, **kwargs: Any) -> FlowResult:
@@ -209,6 +230,8 @@ def check_paths(labels_path: str, **kwargs: Any) -> FlowResult:
     Submits nothing. With a ``resolver``, missing paths are resolved and
     re-checked; without one, missing paths end in an error listing them (the
     result's ``check`` holds the worker's found/missing lists and suggestions).
+    Takes the connection arguments of :func:`run_training` (``room``, ``worker``,
+    ``server``, ``token``, ``connect``, ``auth``, ``capture``, ...).
 
     Example::
 
@@ -221,6 +244,10 @@ def check_paths(labels_path: str, **kwargs: Any) -> FlowResult:
 
 
 # ----------------------------------------------------------------------------- wiring
+
+
+def _open_capture(capture: str | os.PathLike[str] | None) -> CaptureWriter | None:
+    return None if capture is None else open_capture(os.fspath(capture))
 
 
 def _flow(
@@ -237,13 +264,33 @@ def _flow(
     sinks: list[ProgressSink],
     follow: bool,
     on_accepted: Callable[[AcceptedView], Any] | None,
+    capture: CaptureWriter | None,
 ) -> PresubmissionFlow:
+    """The flow over ``connect`` (injected), else over WebRTC from the client settings.
+
+    The settings are read only when nothing is injected, so an embedder's
+    ``connect`` never needs a client.toml.
+    """
     from sleap_rtc import __version__
 
+    timeouts = timeouts or FlowTimeouts()
     if connect is None:
-        connect, auth, store_path = _production(room, worker, server, token, auth)
-        if store is None and store_path is not None:
-            store = PrefixStore(store_path)
+        settings = with_overrides(load(), server=server, room=room, worker=worker)
+        return build_flow(
+            settings,
+            auth or stored_login(settings, token),
+            client_name=CLIENT_NAME,
+            worker_id=worker or "",
+            resolver=resolver,
+            sinks=sinks,
+            store=store,
+            capture=capture,
+            follow_progress=follow,
+            on_accepted=on_accepted,
+            timeouts=timeouts,
+        )
+    if capture is not None:
+        connect = recording(connect, capture, remote_peer=worker or "")
     return PresubmissionFlow(
         connect=connect,
         auth=auth,
@@ -253,52 +300,7 @@ def _flow(
         worker_id=worker or "",
         follow_progress=follow,
         on_accepted=on_accepted,
-        timeouts=timeouts or FlowTimeouts(),
+        timeouts=timeouts,
         software=f"sleap-rtc {__version__}",
-        client_name="sleap-rtc api",
+        client_name=CLIENT_NAME,
     )
-
-
-def _production(
-    room: str | None,
-    worker: str | None,
-    server: str | None,
-    token: str | None,
-    auth: AuthCheck | None,
-) -> tuple[Connect, AuthCheck, Any]:
-    """The WebRTC connector, login and prefix store from the client settings.
-
-    Imported lazily so this module imports without the transport stack.
-    """
-    from sleap_rtc.auth.store import resolve_token
-    from sleap_rtc.config.client import load, with_overrides
-    from sleap_rtc.transport.webrtc import make_connector
-
-    settings = with_overrides(load(), server=server, room=room, worker=worker)
-    if auth is None:
-        stored = token if token is not None else resolve_token(
-            token_file=settings.token_file, server=settings.server
-        )
-
-        async def browser_login() -> str | None:
-            from sleap_rtc.auth.login import login
-
-            record = await login(settings.server, room=settings.room)
-            return record.token
-
-        auth = AuthCheck(get_token=lambda: stored, login=browser_login, room=settings.room)
-    checked_auth = auth
-
-    async def connect() -> Link:
-        opener = make_connector(
-            settings.server,
-            room_id=settings.room,
-            token=checked_auth.current,
-            worker_id=settings.worker,
-            loopback=settings.loopback,
-            timeout=settings.connect_timeout_s,
-        )
-        link: Link = await opener()
-        return link
-
-    return connect, checked_auth, settings.mappings_file

@@ -23,12 +23,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sleap_rtc.client.results import FlowResult
+    from sleap_rtc.config.worker import WorkerSettings
+    from sleap_rtc.worker.runtime import WorkerRuntime
 
 #: The prefix the demo's labels pretend the project has on the user's laptop.
 CLIENT_PREFIX = "/Users/demo/project"
 DEMO_ROOM = "demo"
 DEMO_WORKER = "demo-worker"
+#: The client name the demo's flow sends in Hello (as ``sleap-rtc train`` does).
+CLIENT_NAME = "sleap-rtc cli"
 NODES = ("head", "tail")
 
 
@@ -160,6 +167,26 @@ class FakeTrainerMissing(FileNotFoundError):
     """``--fake-trainer`` was asked for outside a source checkout."""
 
 
+class DemoError(Exception):
+    """The demo could not run to the end; ``message`` is the one line to show."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class DemoSetupError(DemoError):
+    """The demo cannot start as asked (no trainer: sleap-nn missing, no stand-in)."""
+
+
+class DemoWorkerNotReady(DemoError):
+    """The demo's worker did not register with the local signaling server in time."""
+
+
+class DemoFailed(DemoError):
+    """The demo broke on the way (its worker stopped, a file or socket error)."""
+
+
 def fake_trainer_command() -> list[str]:
     """The stand-in trainer script of the test suite (a source checkout only).
 
@@ -243,16 +270,19 @@ def _trainer(options: DemoOptions) -> tuple[list[str], str]:
     return real_trainer_command(), "sleap-nn on the CPU"
 
 
-async def run_demo(options: DemoOptions) -> int:
-    """Run the whole demo; returns the exit code (0 when the model trained)."""
-    from sleap_rtc.cli.exits import CliError, ExitCode
+async def run_demo(options: DemoOptions) -> FlowResult:
+    """Run the whole demo; returns the client flow's result (``ok`` when the model trained).
 
+    Raises:
+        DemoError: the demo could not start or broke on the way (see the subclasses);
+            the worker's and the wiring's typed errors pass through as they are.
+    """
     out = options.out
     started = time.monotonic()
     try:
         trainer, trainer_text = _trainer(options)
     except (RuntimeError, FileNotFoundError) as exc:
-        raise CliError(str(exc), ExitCode.USAGE) from None
+        raise DemoSetupError(str(exc)) from None
     if options.workdir is not None:
         root = options.workdir.expanduser().absolute()
         root.mkdir(parents=True, exist_ok=True)
@@ -271,15 +301,14 @@ async def run_demo(options: DemoOptions) -> int:
 
 async def _run(
     options: DemoOptions, root: Path, trainer: list[str], trainer_text: str, started: float
-) -> int:
-    from sleap_rtc.cli.clientflow import Target, build_flow, exit_code, fail
-    from sleap_rtc.cli.exits import CliError, ExitCode
-    from sleap_rtc.cli.peers import WorkerRuntime, open_capture, run_worker
+) -> FlowResult:
+    from sleap_rtc.client.wiring import build_flow, fixed_token, open_capture
     from sleap_rtc.config.client import ClientSettings
     from sleap_rtc.config.worker import Mount, WorkerSettings
     from sleap_rtc.signaling.client import PeerInfo
     from sleap_rtc.signaling.rooms import RoomConfig
     from sleap_rtc.signaling.server import serve_signaling
+    from sleap_rtc.worker.runtime import WorkerRuntime, run_worker
 
     out = options.out
     data = await asyncio.to_thread(make_dataset, root, frames=options.frames)
@@ -296,7 +325,7 @@ async def _run(
         "127.0.0.1", 0, state_dir=root / "signal", rooms={DEMO_ROOM: room}
     )
     stop = asyncio.Event()
-    worker_task: asyncio.Task[int] | None = None
+    worker_task: asyncio.Task[None] | None = None
     writer = None
     try:
         out(f"2. Signaling server on {server.url} (room {DEMO_ROOM!r}).")
@@ -334,10 +363,12 @@ async def _run(
         )
         how = "in memory" if options.memory else "over WebRTC (loopback)"
         out(f"4. Client: logged in as demo-user (a token from the local server); connecting {how}.")
-        target = Target(client, token, PeerInfo(peer_id=runtime.peer_id, role="worker"))
         writer = open_capture(options.capture)
         flow = build_flow(
-            target,
+            client,
+            fixed_token(client, token),
+            client_name=CLIENT_NAME,
+            worker=PeerInfo(peer_id=runtime.peer_id, role="worker"),
             resolver=_auto_accept(out, options.min_score),
             sinks=[DemoProgress(out, options.max_epochs)],
             use_saved=False,
@@ -354,7 +385,7 @@ async def _run(
             run_name="demo",
         )
         if not result.ok:
-            raise fail(result)
+            return result
         elapsed = time.monotonic() - started
         run_dir = result.completion.run_dir if result.completion else ""
         out("")
@@ -363,11 +394,9 @@ async def _run(
         if run_dir and Path(run_dir).is_dir():
             files = sorted(p.name for p in Path(run_dir).iterdir())
             out("   " + ", ".join(files))
-        return int(exit_code(result))
-    except CliError:
-        raise
+        return result
     except OSError as exc:
-        raise CliError(f"demo failed: {exc}", ExitCode.FAILED) from None
+        raise DemoFailed(f"demo failed: {exc}") from None
     finally:
         stop.set()
         if worker_task is not None:
@@ -380,16 +409,16 @@ async def _run(
             out(f"   capture written to {writer.path}")
 
 
-async def _wait_registered(runtime: Any, task: asyncio.Task[int], timeout: float = 20.0) -> None:
-    from sleap_rtc.cli.exits import CliError, ExitCode
-
+async def _wait_registered(
+    runtime: WorkerRuntime, task: asyncio.Task[None], timeout: float = 20.0
+) -> None:
     deadline = time.monotonic() + timeout
     while not runtime.peer_id:
         if task.done():
             task.result()  # raises the worker's error
-            raise CliError("the demo worker stopped before registering", ExitCode.FAILED)
+            raise DemoFailed("the demo worker stopped before registering")
         if time.monotonic() > deadline:
-            raise CliError("the demo worker did not register in time", ExitCode.UNREACHABLE)
+            raise DemoWorkerNotReady("the demo worker did not register in time")
         await asyncio.sleep(0.02)
 
 
@@ -427,10 +456,10 @@ def _accepted(out: Callable[[str], None], view: Any, trainer_text: str) -> None:
     out(f"   Training with {trainer_text}, progress streamed from the worker:")
 
 
-def _memory_connector(settings: Any) -> Callable[[], Any]:
+def _memory_connector(settings: WorkerSettings) -> Callable[[], Any]:
     """Join the flow to a separate in-process WorkerService through a memory link."""
-    from sleap_rtc.cli.peers import build_service
     from sleap_rtc.transport.link import memory_link_pair
+    from sleap_rtc.worker.runtime import build_service
 
     state: dict[str, Any] = {}
 

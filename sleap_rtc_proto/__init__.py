@@ -4,16 +4,7 @@ hand-written runtime: :mod:`codec` (envelopes), :mod:`stream` (fragments),
 :mod:`errors` (typed failures).
 """
 
-from sleap_rtc_proto.codec import (
-    MAX_CONFIG_BYTES,
-    MAX_FRAME_BYTES,
-    MAX_MESSAGE_BYTES,
-    UnknownBody,
-    body_name,
-    body_of,
-    decode,
-    encode,
-)
+from sleap_rtc_proto.codec import UnknownBody, body_name, body_of, decode, encode
 from sleap_rtc_proto.errors import (
     FragmentError,
     FrameTooLarge,
@@ -22,6 +13,7 @@ from sleap_rtc_proto.errors import (
     ProtocolError,
     UnsupportedVersion,
 )
+from sleap_rtc_proto.limits import MAX_CONFIG_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 from sleap_rtc_proto.stream import MessageStream
 from sleap_rtc_proto.versions import CURRENT, SUPPORTED, Version, VersionRange, negotiate
 

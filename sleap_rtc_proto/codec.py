@@ -7,67 +7,30 @@ live in :mod:`sleap_rtc_proto.stream`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from sleap_rtc_proto.bodies import BODIES
 from sleap_rtc_proto.errors import FrameTooLarge, MalformedFrame, MissingBody, UnsupportedVersion
-from sleap_rtc_proto.v1 import (
-    envelope_pb2,
-    error_pb2,
-    handshake_pb2,
-    job_pb2,
-    paths_pb2,
-    progress_pb2,
-)
+from sleap_rtc_proto.limits import MAX_MESSAGE_BYTES
+from sleap_rtc_proto.v1 import envelope_pb2
 from sleap_rtc_proto.versions import CURRENT, SUPPORTED, Version
 
 Envelope = envelope_pb2.Envelope
 
-#: Largest datachannel message (SCTP limit used by aiortc and browsers).
-MAX_FRAME_BYTES = 262_144
-#: Default cap on a reassembled message.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-#: Default cap on TrainJobSpec.config_content.
-MAX_CONFIG_BYTES = 1024 * 1024
 #: Envelope field numbers below this are header fields; from it on, bodies.
 FIRST_BODY_FIELD = 10
 _MIN_MAJOR, _MAX_MAJOR = SUPPORTED.min.major, SUPPORTED.max.major
 
-#: Every body message type of schema v1.
-Body: TypeAlias = (
-    handshake_pb2.Hello
-    | handshake_pb2.HelloAck
-    | error_pb2.Error
-    | paths_pb2.PathCheckRequest
-    | paths_pb2.PathCheckResult
-    | job_pb2.JobSubmit
-    | job_pb2.JobAccepted
-    | job_pb2.JobRejected
-    | job_pb2.JobControl
-    | job_pb2.JobAttach
-    | job_pb2.JobStatus
-    | progress_pb2.JobProgress
-    | progress_pb2.JobProgressBatch
-    | progress_pb2.JobLog
-    | progress_pb2.JobComplete
-    | progress_pb2.JobFailed
-    | envelope_pb2.Fragment
-)
-
-_BODY_ONEOF = Envelope.DESCRIPTOR.oneofs_by_name["body"]
-#: Envelope oneof field name for each body message's full name.
+#: (message full name, Envelope field number, oneof field name) of every body in the table.
 _BODY_TYPES: list[tuple[str, int, str]] = [
-    (f.message_type.full_name, f.number, f.name)
-    for f in _BODY_ONEOF.fields
-    if f.message_type is not None
+    (row.full_name, Envelope.DESCRIPTOR.fields_by_name[row.name].number, row.name) for row in BODIES
 ]
+#: Envelope oneof field name for each body message's full name.
 BODY_FIELDS: dict[str, str] = {full_name: name for full_name, _, name in _BODY_TYPES}
 #: Body field names, in field-number order.
-BODY_NAMES: tuple[str, ...] = tuple(
-    f.name for f in sorted(_BODY_ONEOF.fields, key=lambda f: f.number)
-)
+BODY_NAMES: tuple[str, ...] = tuple(name for _, _, name in sorted(_BODY_TYPES, key=lambda t: t[1]))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,14 @@
-"""Typed protocol errors raised by the codec, each mapped to a wire ErrorCode.
+"""The two error families of the protocol runtime.
 
-Every error names the problem in its message and carries machine-readable
-``details``; :meth:`ProtocolError.to_message` turns it into the ``Error`` body a
-peer sends back, so a bad frame always gets a typed answer.
+- **Remote misbehaviour**: :class:`ProtocolError` and its subclasses. The peer
+  sent something that cannot be used. Each maps to a wire ErrorCode, names the
+  problem in its message and carries machine-readable ``details``;
+  :meth:`ProtocolError.to_message` turns it into the ``Error`` body a peer sends
+  back, so a bad frame always gets a typed answer. Sessions never raise these
+  out of ``receive()``: they become events.
+- **Local misuse**: :class:`SessionMisuse`. This side's own code called a
+  session wrongly (a request before the handshake, sending a body the other
+  side sends). It is a bug in the caller, never sent on the wire.
 """
 
 from __future__ import annotations
@@ -56,3 +62,7 @@ class FragmentError(ProtocolError):
     """A fragment set that cannot be reassembled."""
 
     code = error_pb2.ERROR_CODE_FRAGMENT
+
+
+class SessionMisuse(RuntimeError):
+    """The local caller used a session wrongly (e.g. a request before Hello)."""

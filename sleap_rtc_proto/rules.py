@@ -18,9 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
-from google.protobuf.message import Message
-
-from sleap_rtc_proto.codec import MAX_CONFIG_BYTES
+from sleap_rtc_proto.limits import MAX_CONFIG_BYTES
 from sleap_rtc_proto.v1 import job_pb2, paths_pb2, spec_pb2
 
 #: Every rule checked here: rule id -> one-line description.
@@ -366,18 +364,3 @@ def validate_job_control(msg: job_pb2.JobControl) -> list[Violation]:
 def validate_job_attach(msg: job_pb2.JobAttach) -> list[Violation]:
     """Every rule violation of a JobAttach."""
     return _job_id_violations(msg.job_id, "job_id")
-
-
-def validate(body: Message) -> list[Violation]:
-    """Dispatch to the validator of ``body``'s type; bodies without rules give ``[]``."""
-    if isinstance(body, job_pb2.JobSubmit):
-        return validate_job_submit(body)
-    if isinstance(body, paths_pb2.PathCheckRequest):
-        return validate_path_check_request(body)
-    if isinstance(body, job_pb2.JobControl):
-        return validate_job_control(body)
-    if isinstance(body, job_pb2.JobAttach):
-        return validate_job_attach(body)
-    if isinstance(body, spec_pb2.TrainJobSpec):
-        return validate_train_job_spec(body)
-    return []

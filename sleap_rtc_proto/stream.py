@@ -13,14 +13,9 @@ from itertools import islice
 
 from google.protobuf.message import Message
 
-from sleap_rtc_proto.codec import (
-    MAX_FRAME_BYTES,
-    MAX_MESSAGE_BYTES,
-    Envelope,
-    decode,
-    encode,
-)
+from sleap_rtc_proto.codec import Envelope, decode, encode
 from sleap_rtc_proto.errors import FragmentError, FrameTooLarge
+from sleap_rtc_proto.limits import MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 from sleap_rtc_proto.v1 import envelope_pb2
 from sleap_rtc_proto.versions import CURRENT, Version
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from rtc_helpers import signaling_server
 from slp_factory import make_h5_video, make_labels
 
 from sleap_rtc import api
@@ -180,3 +181,46 @@ def test_default_wiring_fails_closed_when_the_server_is_unreachable(
     assert result.status is FlowStatus.ERROR
     assert result.message == COULD_NOT_CONNECT
     assert result.job_id == ""
+
+
+def test_check_paths_records_a_capture(lab: dict[str, Any]) -> None:
+    """``capture=`` wraps every link the flow opens (here an injected one) in a recording."""
+    from sleap_rtc.capture.reader import CaptureReader
+
+    path = lab["tmp"] / "check.mcap"
+    result = api.check_paths(lab["labels"], connect=worker_connect(lab), timeouts=FAST,
+                             resolver=AutoResolver(threshold=0.1), capture=path)
+    assert result.ok, result
+    bodies = {record.body for record in CaptureReader([path]).records()}
+    assert {"hello", "path_check_request"} <= bodies, bodies
+
+
+def test_a_capture_that_cannot_be_created_does_not_stop_the_check(
+    lab: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = lab["tmp"] / "file"
+    blocker.write_text("")
+    result = api.check_paths(lab["labels"], connect=worker_connect(lab), timeouts=FAST,
+                             resolver=AutoResolver(threshold=0.1), capture=blocker / "x.mcap")
+    assert result.ok, result
+    assert "cannot create the capture file" in caplog.text
+
+
+def test_default_wiring_finds_no_worker_by_name(
+    lab: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default wiring looks the worker up by name or peer id in the room (as the CLI does)."""
+    monkeypatch.setenv("SLEAP_RTC_CONFIG_DIR", str(lab["tmp"] / "config"))
+    monkeypatch.setenv("SLEAP_RTC_STATE_DIR", str(lab["tmp"] / "state-home"))
+
+    async def main() -> Any:
+        async with signaling_server(lab["tmp"]) as server:
+            return await api.check_paths_async(
+                lab["labels"], room="lab", worker="gpu-nowhere", server=server.url,
+                token=server.issuer.issue("alice", "lab"), timeouts=FlowTimeouts(connect_s=10.0),
+            )
+
+    result = asyncio.run(main())
+    assert result.status is FlowStatus.ERROR and result.message == COULD_NOT_CONNECT
+    assert result.stage == "connect"
+    assert any("no worker 'gpu-nowhere' in room 'lab'" in d for d in result.details), result

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sleap_rtc.worker.batching import MAX_BYTES, MAX_ITEMS, _item_size, coalesce
-from sleap_rtc_proto.codec import MAX_FRAME_BYTES, body_of, decode, encode
+from sleap_rtc_proto.codec import body_of, decode, encode
+from sleap_rtc_proto.limits import MAX_FRAME_BYTES
 from sleap_rtc_proto.v1 import progress_pb2
 
 P = progress_pb2

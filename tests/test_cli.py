@@ -242,6 +242,68 @@ def test_internal_errors_are_one_line_without_debug(
         cli_main.main(["--debug", "workers"])
 
 
+def _typed_errors() -> list[tuple[Exception, ExitCode]]:
+    from sleap_rtc import demo
+    from sleap_rtc.client import wiring
+    from sleap_rtc.worker import runtime
+
+    return [
+        (wiring.LoginRefused("Login required: refused"), ExitCode.LOGIN_REQUIRED),
+        (wiring.SignalingUnreachable("cannot reach ws://x"), ExitCode.UNREACHABLE),
+        (wiring.UnknownRoom("room 'x': unknown room"), ExitCode.UNREACHABLE),
+        (wiring.WorkerNotFound("Could not connect to worker. (none)"), ExitCode.UNREACHABLE),
+        (wiring.WorkerUnreachable("Could not connect to worker. (ice)"), ExitCode.UNREACHABLE),
+        (wiring.SignalingRefused("signaling server refused: no [bad]"), ExitCode.FAILED),
+        (wiring.CaptureUnwritable("cannot write the capture x"), ExitCode.USAGE),
+        (runtime.WorkerSetupError("cannot use jwks_file x"), ExitCode.USAGE),
+        (runtime.WorkerCredentialRefused("refused the worker credential"), ExitCode.LOGIN_REQUIRED),
+        (runtime.RegistrationFailed("unreachable [unreachable]"), ExitCode.UNREACHABLE),
+        (demo.DemoSetupError("sleap-nn is not installed"), ExitCode.USAGE),
+        (demo.DemoWorkerNotReady("did not register in time"), ExitCode.UNREACHABLE),
+        (demo.DemoFailed("demo failed: disk full"), ExitCode.FAILED),
+    ]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_typed_errors_are_one_line_with_their_exit_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], debug: bool
+) -> None:
+    """cli/exits.py maps every typed error of the library; never a traceback, even --debug."""
+    from sleap_rtc.cli import workers_cmd
+
+    for error, expected in _typed_errors():
+
+        def fail(args: object, error: Exception = error) -> int:
+            raise error
+
+        monkeypatch.setattr(cli_main, "build_parser", _parser_with(workers_cmd.add_parser, fail))
+        code = cli_main.main(["--debug", "workers"] if debug else ["workers"])
+        err = capsys.readouterr().err
+        assert code == expected, (error, code)
+        assert err == f"sleap-rtc workers: error: {error}\n"
+
+
+def test_signaling_failures_become_typed_errors() -> None:
+    from sleap_rtc.client import wiring
+    from sleap_rtc.config.client import ClientSettings
+    from sleap_rtc.signaling.client import SignalingError
+
+    settings = ClientSettings(server="ws://h:1", room="lab")
+    cases = {
+        "bad_token": wiring.LoginRefused,
+        "unreachable": wiring.SignalingUnreachable,
+        "timeout": wiring.SignalingUnreachable,
+        "unknown_room": wiring.UnknownRoom,
+        "rate_limited": wiring.SignalingRefused,
+    }
+    for code, kind in cases.items():
+        error = wiring.signaling_failure(SignalingError(code, "why"), settings)
+        assert type(error) is kind, code
+        assert error.is_auth is (kind is wiring.LoginRefused)
+    refused = wiring.signaling_failure(SignalingError("bad_token", "expired"), settings)
+    assert "sleap-rtc login --server ws://h:1 --room lab" in refused.message
+
+
 def _parser_with(
     add_parser: Callable[[Any], argparse.ArgumentParser], handler: Callable[[Any], int]
 ) -> Callable[[], argparse.ArgumentParser]:

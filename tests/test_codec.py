@@ -11,10 +11,8 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sleap_rtc_proto import codec
 from sleap_rtc_proto.codec import (
     BODY_NAMES,
-    MAX_FRAME_BYTES,
     Envelope,
     UnknownBody,
     body_field,
@@ -31,6 +29,7 @@ from sleap_rtc_proto.errors import (
     ProtocolError,
     UnsupportedVersion,
 )
+from sleap_rtc_proto.limits import MAX_FRAME_BYTES
 from sleap_rtc_proto.v1 import error_pb2, job_pb2, progress_pb2, spec_pb2, version_pb2
 from sleap_rtc_proto.versions import SUPPORTED, Version
 
@@ -279,7 +278,7 @@ def test_every_body_round_trips_through_encode() -> None:
         env = decode(encode(body, message_id=1, sent_time_unix_nano=123))
         assert body_name(env) == name
         assert body_of(env) == body
-    assert codec.MAX_FRAME_BYTES == MAX_FRAME_BYTES == 262_144
+    assert MAX_FRAME_BYTES == 262_144
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])

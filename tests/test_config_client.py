@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sleap_rtc.config import CONFIG_DIR_ENV, STATE_DIR_ENV, ConfigError
+from sleap_rtc.config import CONFIG_DIR_ENV, STATE_DIR_ENV
 from sleap_rtc.config import client as cc
+from sleap_rtc.config.client import ClientConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -56,7 +57,7 @@ def test_full_file(tmp_path: Path) -> None:
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, key: str, words: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ClientConfigError) as info:
         cc.load(path)
     assert str(path) in str(info.value)
     assert f": {key}: " in str(info.value)
@@ -69,5 +70,17 @@ def test_flags_override(tmp_path: Path) -> None:
     assert settings.server == "ws://a:1"
     assert settings.room == "other"
     assert settings.worker == "w"
-    with pytest.raises(ConfigError, match="--server"):
+    with pytest.raises(ClientConfigError, match="--server"):
         cc.with_overrides(settings, server="nope")
+
+
+def test_client_config_error_is_its_own_kind_of_config_file_error(tmp_path: Path) -> None:
+    from sleap_rtc.config import ConfigFileError
+    from sleap_rtc.config.worker import WorkerConfigError
+
+    with pytest.raises(ClientConfigError) as info:
+        cc.load(write(tmp_path, "[nested]\nkey = 1\n"))
+    assert isinstance(info.value, ConfigFileError)
+    assert not isinstance(info.value, WorkerConfigError)
+    with pytest.raises(ClientConfigError, match="invalid TOML"):
+        cc.load(write(tmp_path, "server = \n"))

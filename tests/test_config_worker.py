@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sleap_rtc.config import CONFIG_DIR_ENV, ConfigError
+from sleap_rtc.config import CONFIG_DIR_ENV
 from sleap_rtc.config import worker as wc
+from sleap_rtc.config.worker import WorkerConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "worker.example.toml"
 
@@ -96,7 +97,7 @@ def test_validation_errors_name_the_key_and_the_file(
     tmp_path: Path, text: str, key: str, words: str
 ) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(WorkerConfigError) as info:
         wc.load(path)
     message = str(info.value)
     assert str(path) in message
@@ -107,7 +108,7 @@ def test_validation_errors_name_the_key_and_the_file(
 
 def test_bad_toml_names_the_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, 'room = "lab"\nmounts = [\n\nname = "x"\n')
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(WorkerConfigError) as info:
         wc.load(path)
     assert str(path) in str(info.value)
     assert "invalid TOML" in str(info.value)
@@ -115,7 +116,7 @@ def test_bad_toml_names_the_file_and_line(tmp_path: Path) -> None:
 
 
 def test_named_file_must_exist(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="file not found"):
+    with pytest.raises(WorkerConfigError, match="file not found"):
         wc.load(tmp_path / "nope.toml")
 
 
@@ -139,17 +140,17 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     assert settings.mounts == (wc.Mount(tmp_path / "b", "b"),)
     assert settings.concurrency == 2  # None keeps the file's value
     assert settings.trainer_command == ("python", "-m", "fake", "--flag", "a b")
-    with pytest.raises(ConfigError, match="--concurrency"):
+    with pytest.raises(WorkerConfigError, match="--concurrency"):
         wc.with_overrides(settings, concurrency=0)
-    with pytest.raises(ConfigError, match="--server"):
+    with pytest.raises(WorkerConfigError, match="--server"):
         wc.with_overrides(settings, signaling_url="http://nope")
 
 
 def test_validate_checks_mounts_exist(tmp_path: Path) -> None:
     settings = wc.WorkerSettings(mounts=(wc.Mount(tmp_path / "missing", "m"),))
-    with pytest.raises(ConfigError, match="not an existing folder"):
+    with pytest.raises(WorkerConfigError, match="not an existing folder"):
         settings.validate()
-    with pytest.raises(ConfigError, match="at least one mount"):
+    with pytest.raises(WorkerConfigError, match="at least one mount"):
         wc.WorkerSettings().validate()
     wc.WorkerSettings(mounts=(wc.Mount(tmp_path, "t"),)).validate()
 
@@ -164,10 +165,10 @@ def test_credential_from_file_or_env(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv(wc.CREDENTIAL_ENV, "from-env-key")
     assert wc.load(path).read_credential() == "from-env-key"
     missing = wc.WorkerSettings(credential_file=tmp_path / "nope", source=path)
-    with pytest.raises(ConfigError, match="credential_file"):
+    with pytest.raises(WorkerConfigError, match="credential_file"):
         missing.read_credential()
     (tmp_path / "empty").write_text("")
-    with pytest.raises(ConfigError, match="is empty"):
+    with pytest.raises(WorkerConfigError, match="is empty"):
         wc.WorkerSettings(credential_file=tmp_path / "empty").read_credential()
 
 
@@ -175,3 +176,16 @@ def test_example_is_a_copyable_template(tmp_path: Path) -> None:
     copy = tmp_path / "worker.toml"
     shutil.copy(EXAMPLE, copy)
     assert wc.load(copy).source == copy
+
+
+def test_worker_config_error_is_its_own_kind_of_config_file_error(tmp_path: Path) -> None:
+    from sleap_rtc.config import ConfigFileError
+    from sleap_rtc.config.client import ClientConfigError
+
+    with pytest.raises(WorkerConfigError) as info:
+        wc.load(write(tmp_path, '[limits]\nconcurrency = "many"\n'))
+    assert isinstance(info.value, ConfigFileError)
+    assert not isinstance(info.value, ClientConfigError)
+    assert "limits.concurrency" in str(info.value)
+    with pytest.raises(WorkerConfigError, match="invalid TOML"):
+        wc.load(write(tmp_path, "room = \n"))

@@ -41,7 +41,7 @@ import asyncio, sys
 from sleap_rtc.signaling.client import SignalingClient
 from sleap_rtc.signaling.protocol import worker_metadata
 from sleap_rtc.transport.link import LinkClosed
-from sleap_rtc.transport.webrtc import serve_links
+from sleap_rtc.transport.answerer import serve_links
 async def echo(link):
     while True:
         try:

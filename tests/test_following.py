@@ -209,7 +209,7 @@ def test_reorder_releases_in_sequence_and_skips_stale_gaps() -> None:
     order = Reorder(lambda: now[0])
 
     def ev(seq: int) -> ProgressReceived:
-        return ProgressReceived(progress_pb2.JobProgress(job_id="j", sequence=seq))
+        return ProgressReceived(progress=progress_pb2.JobProgress(job_id="j", sequence=seq))
 
     def seqs(events: list[Any]) -> list[int]:
         return [e.progress.sequence for e in events]
@@ -221,4 +221,4 @@ def test_reorder_releases_in_sequence_and_skips_stale_gaps() -> None:
     now[0] = 10.0  # 3 and 4 are gone for good: skip ahead
     assert seqs(order.expire()) == [5]
     assert order.delivered == 5
-    assert seqs(order.add(ProgressReceived(progress_pb2.JobProgress(job_id="j")))) == [0]
+    assert seqs(order.add(ProgressReceived(progress=progress_pb2.JobProgress(job_id="j")))) == [0]

@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 from slp_factory import make_h5_video, make_labels
 
-from sleap_rtc.worker.jobrecord import Job
+from sleap_rtc.worker.jobrecord import Job, RunResult
 from sleap_rtc.worker.jobs import IntakeConfig, JobRegistry, spec_hash
 from sleap_rtc.worker.mounts import MountPolicy
 from sleap_rtc.worker.pathcheck import PathChecker
-from sleap_rtc.worker.trainer import RunResult
 from sleap_rtc.worker.trainplan import build_command
 from sleap_rtc.worker.worker_class import handle_job_submit, spec_from_json
 from sleap_rtc.worker.zmqprogress import ProgressUpdate

@@ -1,4 +1,4 @@
-"""The browser login driven with urllib on loopback: state check, replay refused, token verified."""
+"""client/login.py on loopback, urllib as the browser: state check, replay refused, token check."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from rtc_helpers import LOGIN_SECRET, run, signaling_server
 
-from sleap_rtc.auth.login import (
+from sleap_rtc.auth.store import TokenStore
+from sleap_rtc.auth.tokens import TokenError, TokenIssuer
+from sleap_rtc.client.login import (
     CallbackListener,
     JwksCache,
     LoginError,
@@ -27,8 +29,6 @@ from sleap_rtc.auth.login import (
     login_url,
     login_with_passphrase,
 )
-from sleap_rtc.auth.store import TokenStore
-from sleap_rtc.auth.tokens import TokenError, TokenIssuer
 from sleap_rtc.signaling.client import SignalingClient, SignalingError
 from sleap_rtc.signaling.web import LOGIN_SCRIPT
 

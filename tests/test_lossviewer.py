@@ -116,7 +116,7 @@ def test_exact_sleap_nn_shapes_in_order(viewer: FakeLossViewer) -> None:
     bridge = bridge_for(viewer)
     with bridge:
         for progress in run_sequence():
-            bridge.handle(ProgressReceived(progress))
+            bridge.handle(ProgressReceived(progress=progress))
         got = viewer.receive(len(EXPECTED))
     assert got == EXPECTED
     # Key order too: sleap-nn builds dict(what=, event=, logs=, **kwargs).
@@ -146,10 +146,10 @@ def test_train_begin_is_synthesized_when_joining_mid_run(viewer: FakeLossViewer)
 def test_job_end_without_train_end_closes_the_run(viewer: FakeLossViewer) -> None:
     bridge = bridge_for(viewer)
     with bridge:
-        bridge.handle(ProgressReceived(run_sequence()[0]))
-        bridge.handle(LogReceived(P.JobLog(job_id="j", lines=["x"])))  # not for LossViewer
-        bridge.handle(JobFailedEvent(P.JobFailed(job_id="j", message="boom")))
-        bridge.handle(JobCompleted(P.JobComplete(job_id="j")))  # only one train_end
+        bridge.handle(ProgressReceived(progress=run_sequence()[0]))
+        bridge.handle(LogReceived(log=P.JobLog(job_id="j", lines=["x"])))  # not for LossViewer
+        bridge.handle(JobFailedEvent(failed=P.JobFailed(job_id="j", message="boom")))
+        bridge.handle(JobCompleted(complete=P.JobComplete(job_id="j")))  # only one train_end
         got = viewer.receive(3, timeout_s=1.0)
     assert [m["event"] for m in got] == ["train_begin", "train_end"]
 
@@ -237,11 +237,11 @@ def test_terminal_display() -> None:
     display = TerminalProgress(console=Console(file=out, width=120, color_system=None),
                                batch_every=1, show_logs=True, max_epochs=2)
     for progress in run_sequence():
-        display.handle(ProgressReceived(progress))
-    display.handle(LogReceived(P.JobLog(job_id="j", lines=["[bold]not markup[/]"])))
-    display.handle(JobCompleted(P.JobComplete(job_id="j", run_dir="/runs/x",
+        display.handle(ProgressReceived(progress=progress))
+    display.handle(LogReceived(log=P.JobLog(job_id="j", lines=["[bold]not markup[/]"])))
+    display.handle(JobCompleted(complete=P.JobComplete(job_id="j", run_dir="/runs/x",
                                               duration_seconds=3.0)))
-    display.handle(JobFailedEvent(P.JobFailed(job_id="k", message="boom", log_tail=["tb"])))
+    display.handle(JobFailedEvent(failed=P.JobFailed(job_id="k", message="boom", log_tail=["tb"])))
     text = out.getvalue()
     assert "Training started" in text
     assert "epoch 1/2 batch 1: loss 0.5000" in text
@@ -258,9 +258,9 @@ def test_terminal_display_shows_losses_and_lr_unless_verbose() -> None:
                                    batch_every=1, verbose=verbose)
         metrics = {"val/mAP": 0.5, "val/loss": 0.25, "train/loss": 0.5, "lr-Adam": 3e-05,
                    "val/oks": 0.125, "epoch_time": 12.0}
-        display.handle(ProgressReceived(P.JobProgress(
+        display.handle(ProgressReceived(progress=P.JobProgress(
             event=P.PROGRESS_EVENT_EPOCH_END, epoch=2, metrics=metrics)))
-        display.handle(ProgressReceived(P.JobProgress(
+        display.handle(ProgressReceived(progress=P.JobProgress(
             event=P.PROGRESS_EVENT_BATCH_END, epoch=3, batch=0,
             metrics={"loss": 0.125, "lr": 0.001, "grad_norm": 2.0})))
         return out.getvalue().splitlines()

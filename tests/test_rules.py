@@ -16,7 +16,6 @@ from sleap_rtc_proto.rules import (
     is_absolute_any,
     is_valid_job_id,
     spec_warnings,
-    validate,
     validate_job_attach,
     validate_job_control,
     validate_job_submit,
@@ -242,7 +241,6 @@ def test_job_id_bad(job_id: str) -> None:
 def test_job_submit() -> None:
     good = job_pb2.JobSubmit(job_id="job-1", spec=spec(config_content=YAML))
     assert validate_job_submit(good) == []
-    assert validate(good) == []
     assert ids(validate_job_submit(job_pb2.JobSubmit(job_id="job-1"))) == [
         "job_submit.spec.required"
     ]
@@ -265,14 +263,14 @@ def test_job_control() -> None:
     assert future.action == 7
     (v,) = validate_job_control(future)
     assert (v.rule_id, v.code) == ("job_control.action.specified", job_pb2.VIOLATION_CODE_INVALID)
-    assert ids(validate(job_pb2.JobControl(action=job_pb2.CONTROL_ACTION_STOP))) == [
+    assert ids(validate_job_control(job_pb2.JobControl(action=job_pb2.CONTROL_ACTION_STOP))) == [
         "job_id.format"
     ]
 
 
 def test_job_attach() -> None:
     assert validate_job_attach(job_pb2.JobAttach(job_id="j1", after_sequence=3)) == []
-    assert ids(validate(job_pb2.JobAttach(job_id="bad id"))) == ["job_id.format"]
+    assert ids(validate_job_attach(job_pb2.JobAttach(job_id="bad id"))) == ["job_id.format"]
 
 
 def test_path_check_request() -> None:
@@ -283,16 +281,11 @@ def test_path_check_request() -> None:
     )
     assert validate_path_check_request(ok) == []
     bad = paths_pb2.PathCheckRequest(path_mappings={"a.mp4": "/x"}, prefix_mappings={"/x": ""})
-    assert ids(validate(bad)) == [
+    assert ids(validate_path_check_request(bad)) == [
         "path_check.labels_path.required",
         "path_check.mappings.absolute",
         "path_check.mappings.absolute",
     ]
-
-
-def test_validate_ignores_bodies_without_rules() -> None:
-    assert validate(job_pb2.JobAccepted()) == []
-    assert ids(validate(spec_pb2.TrainJobSpec(labels_path=LABELS))) == ["spec.config.required"]
 
 
 # -- Violation and the registry ---------------------------------------------------------------

@@ -14,7 +14,8 @@ import zmq.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sleap_rtc.worker.trainer import LineSplitter, RunLimits, RunResult, TrainerRun
+from sleap_rtc.worker.jobrecord import RunResult
+from sleap_rtc.worker.trainer import LineSplitter, RunLimits, TrainerRun
 from sleap_rtc.worker.trainplan import TrainPlan, build_command, hydra_quote
 from sleap_rtc.worker.zmqprogress import ProgressTranslator, ProgressUpdate, sanitize_metrics
 from sleap_rtc_proto.v1 import progress_pb2

@@ -26,7 +26,7 @@ from sleap_rtc.transport.channel import (
 )
 from sleap_rtc.transport.link import Link, LinkClosed
 from sleap_rtc.transport.webrtc import make_connector, offer_link
-from sleap_rtc_proto.codec import MAX_FRAME_BYTES
+from sleap_rtc_proto.limits import MAX_FRAME_BYTES
 
 
 @contextlib.asynccontextmanager

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sleap_rtc.auth.tokens import Claims, TokenError
-from sleap_rtc.worker.events import (
-    HelloAccepted,
-    JobAttachRequested,
-    JobControlRequested,
-    JobSubmitted,
-    PathCheckRequested,
-    PeerError,
-    ProtocolViolation,
-)
-from sleap_rtc.worker.session import WorkerInfo, WorkerSession
+from sleap_rtc.worker.events import ClientAccepted, ClientError, ClientViolation, RequestReceived
+from sleap_rtc.worker.session import TokenRefused, WorkerInfo, WorkerSession
 from sleap_rtc_proto.codec import Envelope, body_of, make_envelope
+from sleap_rtc_proto.errors import SessionMisuse
 from sleap_rtc_proto.stream import MessageStream, split
 from sleap_rtc_proto.v1 import (
     envelope_pb2,
@@ -36,16 +29,12 @@ INFO = WorkerInfo(
 )
 
 
-def claims(subject: str = "ann") -> Claims:
-    return Claims(subject, "lab", "sleap-rtc", "iss", 0.0, 1e12, "jti")
-
-
-def verifier(token: str) -> Claims:
+def verifier(token: str) -> str:
     if token == "good":
-        return claims()
+        return "ann"
     if token == "old":
-        raise TokenError("expired", "token has expired; log in again")
-    raise TokenError("malformed", "token is not a JWT")
+        raise TokenRefused("expired", "token has expired; log in again")
+    raise TokenRefused("malformed", "token is not a JWT")
 
 
 def hello(
@@ -88,7 +77,7 @@ class Pair:
 
     def authenticate(self) -> None:
         _, events = self.send(hello())
-        assert isinstance(events[0], HelloAccepted)
+        assert isinstance(events[0], ClientAccepted)
         self.replies()
 
 
@@ -106,7 +95,7 @@ def test_hello_ack_reports_worker_and_subject() -> None:
     pair = Pair()
     mid, events = pair.send(hello())
     (event,) = events
-    assert isinstance(event, HelloAccepted) and event.subject == "ann"
+    assert isinstance(event, ClientAccepted) and event.subject == "ann"
     reply = pair.reply()
     assert reply.correlation_id == mid and reply.WhichOneof("body") == "hello_ack"
     ack = reply.hello_ack
@@ -119,14 +108,14 @@ def test_hello_ack_reports_worker_and_subject() -> None:
 def test_auth_disabled_must_be_explicit_and_gives_no_subject() -> None:
     pair = Pair(verify=None)
     _, events = pair.send(hello(token=""))
-    assert isinstance(events[0], HelloAccepted) and events[0].subject == ""
+    assert isinstance(events[0], ClientAccepted) and events[0].subject == ""
 
 
 def test_bad_tokens_are_unauthenticated_with_the_reason() -> None:
     pair = Pair()
     for token, reason in (("old", "expired"), ("", "malformed"), ("junk", "malformed")):
         mid, events = pair.send(hello(token))
-        assert isinstance(events[0], ProtocolViolation)
+        assert isinstance(events[0], ClientViolation)
         reply = pair.reply()
         err = error_of(reply)
         assert reply.correlation_id == mid
@@ -137,7 +126,7 @@ def test_bad_tokens_are_unauthenticated_with_the_reason() -> None:
 
 
 def test_verifier_crash_is_internal_not_accepted() -> None:
-    def broken(token: str) -> Claims:
+    def broken(token: str) -> str:
         raise RuntimeError("boom")
 
     pair = Pair(verify=broken)
@@ -169,7 +158,7 @@ def test_commands_before_hello_are_refused_with_no_event() -> None:
     ]
     for body in bodies:
         mid, events = pair.send(body)
-        assert all(isinstance(e, ProtocolViolation) for e in events)
+        assert all(isinstance(e, ClientViolation) for e in events)
         reply = pair.reply()
         assert reply.correlation_id == mid
         assert error_of(reply).code == E.ERROR_CODE_UNAUTHENTICATED
@@ -195,27 +184,38 @@ def test_requests_become_events_with_correlation() -> None:
     pair.authenticate()
     spec = spec_pb2.TrainJobSpec(labels_path="/a.slp", config_content="model_config: {}")
     cases: list[tuple[Message, type]] = [
-        (paths_pb2.PathCheckRequest(labels_path="/a.slp"), PathCheckRequested),
-        (job_pb2.JobSubmit(job_id="j1", spec=spec), JobSubmitted),
-        (job_pb2.JobControl(job_id="j1", action=job_pb2.CONTROL_ACTION_STOP), JobControlRequested),
-        (job_pb2.JobAttach(job_id="j1", after_sequence=4), JobAttachRequested),
+        (paths_pb2.PathCheckRequest(labels_path="/a.slp"), "path_check_request"),
+        (job_pb2.JobSubmit(job_id="j1", spec=spec), "job_submit"),
+        (job_pb2.JobControl(job_id="j1", action=job_pb2.CONTROL_ACTION_STOP), "job_control"),
+        (job_pb2.JobAttach(job_id="j1", after_sequence=4), "job_attach"),
     ]
-    for body, kind in cases:
+    for body, name in cases:
         mid, events = pair.send(body)
         (event,) = events
-        assert isinstance(event, kind) and event.correlation_id == mid
+        assert isinstance(event, RequestReceived) and event.correlation_id == mid
+        assert event.name == name and event.body == body
     assert pair.replies() == []
     status = job_pb2.JobStatus(job_id="j1", state=job_pb2.JOB_STATE_RUNNING)
-    sent = pair.worker.send_reply(7, status)
+    sent = pair.worker.send(status, correlation_id=7)
     reply = pair.reply()
     assert reply.correlation_id == 7 and reply.message_id == sent
+
+
+def test_sending_before_hello_or_a_client_body_is_local_misuse() -> None:
+    pair = Pair()
+    with pytest.raises(SessionMisuse, match="before a successful Hello"):
+        pair.worker.send(job_pb2.JobStatus(job_id="j1"))
+    pair.authenticate()
+    with pytest.raises(SessionMisuse, match="not a body a worker sends"):
+        pair.worker.send(job_pb2.JobSubmit(job_id="j1"))
+    assert pair.replies() == []
 
 
 def test_invalid_requests_are_answered_not_handed_out() -> None:
     pair = Pair()
     pair.authenticate()
     mid, events = pair.send(job_pb2.JobSubmit(job_id="bad id"))
-    assert isinstance(events[0], ProtocolViolation)
+    assert isinstance(events[0], ClientViolation)
     reply = pair.reply()
     assert reply.correlation_id == mid and reply.WhichOneof("body") == "job_rejected"
     assert {v.rule_id for v in reply.job_rejected.violations} == {
@@ -233,7 +233,7 @@ def test_invalid_requests_are_answered_not_handed_out() -> None:
         mid, events = pair.send(body)
         err = error_of(pair.reply())
         assert err.code == E.ERROR_CODE_INVALID_ARGUMENT and err.details["rule_id"] == rule
-        assert isinstance(events[0], ProtocolViolation)
+        assert isinstance(events[0], ClientViolation)
 
 
 def test_config_size_uses_the_workers_limit() -> None:
@@ -264,14 +264,14 @@ def test_wrong_direction_bodies_are_unexpected() -> None:
         mid, events = pair.send(body)
         reply = pair.reply()
         assert reply.correlation_id == mid and error_of(reply).code == E.ERROR_CODE_UNEXPECTED
-        assert isinstance(events[0], ProtocolViolation)
+        assert isinstance(events[0], ClientViolation)
 
 
 def test_peer_error_is_an_event_not_answered() -> None:
     pair = Pair()
     pair.authenticate()
     _, events = pair.send(error_pb2.Error(code=E.ERROR_CODE_INTERNAL, message="client broke"))
-    assert isinstance(events[0], PeerError) and events[0].error.message == "client broke"
+    assert isinstance(events[0], ClientError) and events[0].error.message == "client broke"
     assert pair.replies() == []
 
 
@@ -293,7 +293,7 @@ def test_unknown_body_is_answered_unknown_body() -> None:
     err = error_of(reply)
     assert reply.correlation_id == 99 and err.code == E.ERROR_CODE_UNKNOWN_BODY
     assert err.details["field_number"] == "45"
-    assert isinstance(events[0], ProtocolViolation)
+    assert isinstance(events[0], ClientViolation)
 
 
 def test_malformed_and_oversize_frames() -> None:
@@ -320,7 +320,7 @@ def test_malformed_and_oversize_frames() -> None:
     assert error_of(reply).code == E.ERROR_CODE_UNSUPPORTED_VERSION and reply.correlation_id == 8
     # Still usable.
     _, events = pair.send(job_pb2.JobAttach(job_id="j"))
-    assert isinstance(events[0], JobAttachRequested)
+    assert isinstance(events[0], RequestReceived) and events[0].name == "job_attach"
 
 
 def test_fragmented_request_is_transparent() -> None:
@@ -330,11 +330,12 @@ def test_fragmented_request_is_transparent() -> None:
     spec = spec_pb2.TrainJobSpec(labels_path="/a.slp", config_content=big)
     mid, events = pair.send(job_pb2.JobSubmit(job_id="j", spec=spec))
     (event,) = events
-    assert isinstance(event, JobSubmitted) and event.correlation_id == mid
-    assert event.submit.spec.config_content == big
+    assert isinstance(event, RequestReceived) and event.correlation_id == mid
+    assert isinstance(event.body, job_pb2.JobSubmit)
+    assert event.body.spec.config_content == big
     # Large answers are fragmented on the way out and reassembled by the client.
     result = paths_pb2.PathCheckResult(mounts=["/m" * 3000])
-    pair.worker.send_reply(mid, result)
+    pair.worker.send(result, correlation_id=mid)
     reply = pair.replies()
     assert len(reply) == 1 and reply[0].path_check_result.mounts[0] == "/m" * 3000
 
@@ -372,7 +373,10 @@ def still_usable(pair: Pair) -> None:
         pair.send(hello())
         pair.replies()
     mid, events = pair.send(job_pb2.JobAttach(job_id="probe"))
-    assert any(isinstance(e, JobAttachRequested) and e.correlation_id == mid for e in events)
+    assert any(
+        isinstance(e, RequestReceived) and e.name == "job_attach" and e.correlation_id == mid
+        for e in events
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -383,7 +387,7 @@ def test_random_bytes_never_crash(frames: list[bytes], authenticated: bool) -> N
         pair.authenticate()
     for frame in frames:
         for event in pair.raw(frame):
-            assert not isinstance(event, JobSubmitted | PathCheckRequested) or authenticated
+            assert not isinstance(event, RequestReceived) or authenticated
         for envelope in pair.replies():
             if envelope.WhichOneof("body") == "error":
                 assert envelope.error.code != E.ERROR_CODE_UNSPECIFIED
@@ -428,7 +432,7 @@ def test_random_valid_envelopes_never_crash(bodies: list[Message]) -> None:
         mid, events = pair.send(body)
         replies = pair.replies()
         handed_out = [
-            e for e in events if not isinstance(e, ProtocolViolation | HelloAccepted | PeerError)
+            e for e in events if not isinstance(e, ClientViolation | ClientAccepted | ClientError)
         ]
         if not was_authenticated:
             assert handed_out == []  # nothing handled before authentication

@@ -1,4 +1,4 @@
-"""The worker's busy/available status in discovery (cli/status.py) against the real server."""
+"""The worker's busy/available status in discovery (worker/status.py) against the real server."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 from rtc_helpers import WORKER_KEY, run, signaling_server
 
-from sleap_rtc.cli.status import StatusReporter
 from sleap_rtc.signaling.client import SignalingClient
 from sleap_rtc.signaling.protocol import worker_metadata
+from sleap_rtc.worker.status import StatusReporter
 
 
 class FakeRegistry:

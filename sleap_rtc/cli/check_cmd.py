@@ -48,12 +48,13 @@ def run(args: argparse.Namespace) -> int:
 async def _check(args: argparse.Namespace, settings: Any, token: str) -> int:
     from rich.console import Console
 
-    from sleap_rtc.cli.clientflow import build_flow, exit_code, fail, find_target, pairs
+    from sleap_rtc.cli.clientflow import build_flow, exit_code, fail, pairs
     from sleap_rtc.cli.common import say
     from sleap_rtc.client.resolve import TerminalResolver
+    from sleap_rtc.client.wiring import find_worker
 
-    target = await find_target(settings, token)
-    flow = build_flow(target, use_saved=not args.no_saved_mappings)
+    worker = await find_worker(settings, token)
+    flow = build_flow(settings, token, worker, use_saved=not args.no_saved_mappings)
     result = await flow.check(
         args.labels, path_mappings=pairs(args.map), prefix_mappings=pairs(args.prefix)
     )

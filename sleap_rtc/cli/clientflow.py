@@ -1,10 +1,13 @@
-"""What ``check`` and ``train`` share: options, the flow's wiring, results as exit codes."""
+"""What ``check`` and ``train`` share: mapping options, the CLI's flow, results as exit codes.
+
+The wiring itself (worker lookup, WebRTC connector, capture, typed errors) is
+:mod:`sleap_rtc.client.wiring`; this module only adds the CLI's choices.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sleap_rtc.cli.exits import CliError, ExitCode
@@ -12,9 +15,14 @@ from sleap_rtc.cli.exits import CliError, ExitCode
 if TYPE_CHECKING:
     from sleap_rtc.capture.recorder import CaptureWriter
     from sleap_rtc.client.flow import PresubmissionFlow
-    from sleap_rtc.client.results import FlowResult
+    from sleap_rtc.client.following import ProgressSink
+    from sleap_rtc.client.resolve import Resolver
+    from sleap_rtc.client.results import AcceptedView, FlowResult
     from sleap_rtc.config.client import ClientSettings
     from sleap_rtc.signaling.client import PeerInfo
+
+#: The client name the CLI sends in Hello.
+CLIENT_NAME = "sleap-rtc cli"
 
 
 def add_mapping_options(parser: argparse.ArgumentParser) -> None:
@@ -46,53 +54,31 @@ def pairs(values: Sequence[Sequence[str]]) -> dict[str, str]:
     return {old: new for old, new in values}
 
 
-@dataclass
-class Target:
-    """A connection target: settings, token, the chosen worker."""
-
-    settings: ClientSettings
-    token: str
-    worker: PeerInfo
-
-
-async def find_target(settings: ClientSettings, token: str) -> Target:
-    from sleap_rtc.cli.peers import find_worker
-
-    worker = await find_worker(settings, token)
-    return Target(settings, token, worker)
-
-
 def build_flow(
-    target: Target,
+    settings: ClientSettings,
+    token: str,
+    worker: PeerInfo,
     *,
-    resolver: Any = None,
-    sinks: Sequence[Any] = (),
+    resolver: Resolver | None = None,
+    sinks: Sequence[ProgressSink] = (),
     use_saved: bool = True,
     capture: CaptureWriter | None = None,
-    on_accepted: Any = None,
+    on_accepted: Callable[[AcceptedView], Any] | None = None,
 ) -> PresubmissionFlow:
-    from sleap_rtc import __version__
-    from sleap_rtc.cli.peers import connector
-    from sleap_rtc.client.auth import AuthCheck
-    from sleap_rtc.client.flow import PresubmissionFlow
-    from sleap_rtc.client.resolve import PrefixStore
-    from sleap_rtc.client.timeouts import FlowTimeouts
+    """The flow to ``worker`` with the token in hand (no login step: exit 5 instead)."""
+    from sleap_rtc.client.wiring import build_flow as wired_flow
+    from sleap_rtc.client.wiring import fixed_token
 
-    settings = target.settings
-    token = target.token
-    auth = AuthCheck(get_token=lambda: token, login=lambda: None, room=settings.room)
-    timeouts = FlowTimeouts(connect_s=settings.connect_timeout_s + 5.0)
-    return PresubmissionFlow(
-        connect=connector(settings, token, target.worker, capture=capture),
-        auth=auth,
+    return wired_flow(
+        settings,
+        fixed_token(settings, token),
+        client_name=CLIENT_NAME,
+        worker=worker,
         resolver=resolver,
         sinks=sinks,
-        store=PrefixStore(settings.mappings_file) if use_saved else None,
-        worker_id=target.worker.peer_id,
+        use_saved=use_saved,
+        capture=capture,
         on_accepted=on_accepted,
-        timeouts=timeouts,
-        software=f"sleap-rtc {__version__}",
-        client_name="sleap-rtc cli",
     )
 
 

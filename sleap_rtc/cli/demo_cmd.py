@@ -66,6 +66,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import shlex
 
+    from sleap_rtc.cli.clientflow import exit_code, fail
     from sleap_rtc.cli.common import run as run_async
     from sleap_rtc.cli.exits import CliError, ExitCode
     from sleap_rtc.demo import DemoOptions, run_demo
@@ -84,4 +85,7 @@ def run(args: argparse.Namespace) -> int:
         capture=args.capture,
         memory=args.memory,
     )
-    return run_async(run_demo(options))
+    result = run_async(run_demo(options))
+    if not result.ok:
+        raise fail(result)
+    return int(exit_code(result))

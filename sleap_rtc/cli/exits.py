@@ -37,3 +37,38 @@ class CliError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+def typed_exit(exc: BaseException) -> CliError | None:
+    """The library's typed errors (the wiring's, the worker runtime's, the demo's) as
+    CliErrors with their exit codes; None for any other exception.
+
+    Each of those errors carries its one-line message; the table below is the only
+    place that decides which exit code it gets. Imported lazily: ``--help`` stays fast.
+    """
+    from sleap_rtc.client import wiring
+    from sleap_rtc.demo import DemoFailed, DemoSetupError, DemoWorkerNotReady
+    from sleap_rtc.worker import runtime
+
+    table: tuple[tuple[type[Exception], ExitCode], ...] = (
+        # client side: signaling, the worker lookup, the WebRTC link, the capture file
+        (wiring.LoginRefused, ExitCode.LOGIN_REQUIRED),
+        (wiring.SignalingUnreachable, ExitCode.UNREACHABLE),
+        (wiring.UnknownRoom, ExitCode.UNREACHABLE),
+        (wiring.WorkerNotFound, ExitCode.UNREACHABLE),
+        (wiring.WorkerUnreachable, ExitCode.UNREACHABLE),
+        (wiring.SignalingRefused, ExitCode.FAILED),
+        (wiring.CaptureUnwritable, ExitCode.USAGE),
+        # the worker's runtime
+        (runtime.WorkerSetupError, ExitCode.USAGE),
+        (runtime.WorkerCredentialRefused, ExitCode.LOGIN_REQUIRED),
+        (runtime.RegistrationFailed, ExitCode.UNREACHABLE),
+        # the demo
+        (DemoSetupError, ExitCode.USAGE),
+        (DemoWorkerNotReady, ExitCode.UNREACHABLE),
+        (DemoFailed, ExitCode.FAILED),
+    )
+    for kind, code in table:
+        if isinstance(exc, kind):
+            return CliError(str(exc), code)
+    return None

@@ -92,10 +92,10 @@ def _status(store: Any, server: str) -> int:
 
 
 async def _headless(path: Path, server: str, room: str, store: Any) -> int:
-    from sleap_rtc.auth.login import LoginError, fetch_jwks
     from sleap_rtc.auth.store import read_token_file
     from sleap_rtc.auth.tokens import TokenError, TokenVerifier
     from sleap_rtc.cli.common import say
+    from sleap_rtc.client.login import LoginError, fetch_jwks
 
     try:
         token = sys.stdin.read().strip() if str(path) == "-" else read_token_file(path)
@@ -119,8 +119,8 @@ async def _headless(path: Path, server: str, room: str, store: Any) -> int:
 
 
 async def _browser(server: str, room: str, store: Any, args: argparse.Namespace) -> int:
-    from sleap_rtc.auth.login import LoginError, login
     from sleap_rtc.cli.common import say
+    from sleap_rtc.client.login import LoginError, login
 
     def show(url: str) -> None:
         say(f"Log in at: {url}")

@@ -3,8 +3,10 @@
 Command modules import only :mod:`argparse` at the top, so ``sleap-rtc --help``
 stays fast; a command's heavy imports (aiortc, sleap-io, torch) happen when it
 runs. Every command's handler returns an exit code from
-:mod:`sleap_rtc.cli.exits`; user errors are printed as one line, never as a
-traceback (``--debug`` shows tracebacks).
+:mod:`sleap_rtc.cli.exits`; user errors (a :class:`CliError`, or one of the
+library's typed errors, mapped by :func:`~sleap_rtc.cli.exits.typed_exit`) are
+printed as one line, never as a traceback (``--debug`` shows tracebacks of
+unexpected errors).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from sleap_rtc.cli.exits import CliError, ExitCode
+from sleap_rtc.cli.exits import CliError, ExitCode, typed_exit
 
 #: Command modules, in the order ``--help`` lists them.
 COMMANDS = (
@@ -79,9 +81,9 @@ def _setup_logging(verbose: int) -> None:
 
 def _known_error(exc: BaseException) -> CliError | None:
     """Errors from the library that are the user's to fix, as one-line CliErrors."""
-    from sleap_rtc.config import ConfigError
+    from sleap_rtc.config import ConfigFileError
 
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigFileError):
         return CliError(str(exc), ExitCode.USAGE)
     from sleap_rtc.auth.tokens import TokenError
 
@@ -109,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: cancelled", file=sys.stderr)
         return int(ExitCode.CANCELLED)
     except Exception as exc:
+        typed = typed_exit(exc)
+        if typed is not None:  # a user-facing failure, like a CliError (even with --debug)
+            print(f"{prog}: error: {typed.message}", file=sys.stderr)
+            return int(typed.code)
         known = _known_error(exc)
         if known is not None:
             if args.debug:

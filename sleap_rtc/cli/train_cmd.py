@@ -173,12 +173,12 @@ async def _train(args: argparse.Namespace, settings: Any, token: str, content: s
     import contextlib
     import signal
 
-    from sleap_rtc.cli.clientflow import build_flow, exit_code, fail, find_target, pairs
+    from sleap_rtc.cli.clientflow import build_flow, exit_code, fail, pairs
     from sleap_rtc.cli.common import say
-    from sleap_rtc.cli.peers import open_capture
+    from sleap_rtc.client.wiring import find_worker, open_capture
 
-    target = await find_target(settings, token)
-    say(f"worker: {target.worker.name} ({target.worker.peer_id}) in room {settings.room!r}")
+    worker = await find_worker(settings, token)
+    say(f"worker: {worker.name} ({worker.peer_id}) in room {settings.room!r}")
 
     def accepted(view: Any) -> None:
         extra = " (already running: re-attached)" if view.duplicate else ""
@@ -188,7 +188,9 @@ async def _train(args: argparse.Namespace, settings: Any, token: str, content: s
 
     writer = open_capture(args.capture)
     flow = build_flow(
-        target,
+        settings,
+        token,
+        worker,
         resolver=make_resolver(args.yes, args.min_score, say),
         sinks=progress_sinks(
             quiet=args.quiet,
@@ -219,7 +221,7 @@ async def _train(args: argparse.Namespace, settings: Any, token: str, content: s
     if args.job_id is not None and not args.detach:
         try:
             attached = await reattach(
-                target, args.job_id, flow.sinks, flow.connect, lambda: interrupts > 0
+                token, args.job_id, flow.sinks, flow.connect, lambda: interrupts > 0
             )
         except BaseException:
             loop.remove_signal_handler(signal.SIGINT)
@@ -272,7 +274,7 @@ async def _train(args: argparse.Namespace, settings: Any, token: str, content: s
 
 
 async def reattach(
-    target: Any,
+    token: str,
     job_id: str,
     sinks: list[Any],
     connect: Callable[[], Awaitable[Any]],
@@ -286,6 +288,7 @@ async def reattach(
     """
     import asyncio
 
+    from sleap_rtc.cli.clientflow import CLIENT_NAME
     from sleap_rtc.cli.common import say
     from sleap_rtc.client.connection import (
         ConnectionLost,
@@ -297,15 +300,16 @@ async def reattach(
     from sleap_rtc.client.events import JobCompleted, JobFailedEvent
     from sleap_rtc.client.results import CONNECTION_LOST, COULD_NOT_CONNECT, LOGIN_REQUIRED
     from sleap_rtc.client.session import ClientSession
+    from sleap_rtc.client.wiring import LoginRefused
     from sleap_rtc_proto.v1 import error_pb2, job_pb2
 
     try:
         link = await connect()
-    except CliError:
+    except LoginRefused:
         raise
     except Exception as exc:
         raise CliError(f"{COULD_NOT_CONNECT} ({exc})", ExitCode.UNREACHABLE) from None
-    conn = WorkerConnection(link, ClientSession(token=target.token, client_name="sleap-rtc cli"))
+    conn = WorkerConnection(link, ClientSession(token=token, client_name=CLIENT_NAME))
     try:
         try:
             await conn.hello(timeout_s=10)

@@ -123,11 +123,14 @@ def run(args: argparse.Namespace) -> int:
             "set SLEAP_RTC_WORKER_CREDENTIAL, or set credential_file in worker.toml",
             ExitCode.USAGE,
         )
-    from sleap_rtc.cli.peers import run_worker
+    from sleap_rtc.cli.common import write_ready_file
+    from sleap_rtc.worker.runtime import run_worker
 
-    return run_async(
-        run_worker(settings, credential, capture=args.capture, ready_file=args.ready_file)
-    )
+    def registered(peer_id: str) -> None:
+        write_ready_file(args.ready_file, peer_id)
+
+    run_async(run_worker(settings, credential, capture=args.capture, on_registered=registered))
+    return int(ExitCode.OK)
 
 
 def describe(settings: WorkerSettings) -> str:

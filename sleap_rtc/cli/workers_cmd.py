@@ -26,7 +26,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from sleap_rtc.cli.common import client_settings, client_token, say
     from sleap_rtc.cli.common import run as run_async
-    from sleap_rtc.cli.peers import list_workers
+    from sleap_rtc.client.wiring import list_workers
 
     settings = client_settings(args)
     token = client_token(settings)

@@ -7,7 +7,6 @@ The pieces most callers need are re-exported here; the LossViewer bridge
 """
 
 from sleap_rtc.client.auth import AuthCheck
-from sleap_rtc.client.config import ConfigError, config_to_yaml
 from sleap_rtc.client.connection import (
     ConnectionLost,
     HelloRefusedError,
@@ -33,6 +32,7 @@ from sleap_rtc.client.results import (
 )
 from sleap_rtc.client.session import ClientSession
 from sleap_rtc.client.timeouts import FlowTimeouts
+from sleap_rtc.client.training_config import TrainingConfigError, config_to_yaml
 from sleap_rtc.client.views import CheckView, Resolution
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "AutoResolver",
     "CheckView",
     "ClientSession",
-    "ConfigError",
     "ConnectionLost",
     "FlowResult",
     "FlowStatus",
@@ -58,6 +57,7 @@ __all__ = [
     "ResolutionFailed",
     "Resolver",
     "TerminalResolver",
+    "TrainingConfigError",
     "WorkerConnection",
     "config_to_yaml",
 ]

@@ -21,25 +21,24 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 
+from google.protobuf.message import Message
+
 from sleap_rtc.client.events import (
+    AnswerReceived,
     ErrorReceived,
     Event,
-    HelloAccepted,
-    HelloRefused,
-    JobAcceptedEvent,
     JobCompleted,
     JobEvent,
     JobFailedEvent,
-    JobRejectedEvent,
-    JobStatusReceived,
     LogReceived,
-    PathCheckAnswered,
     ProgressReceived,
-    ProtocolViolation,
     RequestTimedOut,
+    WorkerAccepted,
+    WorkerRefused,
+    WorkerViolation,
     job_id_of,
 )
-from sleap_rtc.client.session import ClientSession, Outgoing
+from sleap_rtc.client.session import ClientSession
 from sleap_rtc.transport.link import Link, LinkClosed
 from sleap_rtc_proto.v1 import handshake_pb2, job_pb2, paths_pb2, spec_pb2
 
@@ -98,7 +97,7 @@ class WorkerConnection:
         self.session = session
         self.clock = clock
         #: Frames the worker should not have sent (ignored), newest last.
-        self.violations: list[ProtocolViolation] = []
+        self.violations: list[WorkerViolation] = []
         #: Errors the worker sent that answered nothing of ours.
         self.errors: list[ErrorReceived] = []
         self._waiters: dict[int, asyncio.Future[Event]] = {}
@@ -153,9 +152,9 @@ class WorkerConnection:
             RequestTimeout / ConnectionLost: no answer.
         """
         event = await self._call(self.session.hello(now=self.clock(), timeout_s=timeout_s))
-        if isinstance(event, HelloRefused):
+        if isinstance(event, WorkerRefused):
             raise HelloRefusedError(event.code, event.message, event.details)
-        assert isinstance(event, HelloAccepted)
+        assert isinstance(event, WorkerAccepted)
         return event.ack
 
     async def check_paths(
@@ -168,17 +167,15 @@ class WorkerConnection:
         timeout_s: float | None = None,
     ) -> paths_pb2.PathCheckResult:
         """Ask the worker to check ``labels_path`` and its videos."""
-        out = self.session.check_paths(
-            labels_path,
-            now=self.clock(),
-            path_mappings=path_mappings,
-            prefix_mappings=prefix_mappings,
+        body = paths_pb2.PathCheckRequest(
+            labels_path=labels_path,
+            path_mappings=dict(path_mappings or {}),
+            prefix_mappings=dict(prefix_mappings or {}),
             max_suggestions=max_suggestions,
-            timeout_s=timeout_s,
         )
-        event = await self._call(out)
-        assert isinstance(event, PathCheckAnswered)
-        return event.result
+        answer = await self.request(body, timeout_s=timeout_s)
+        assert isinstance(answer, paths_pb2.PathCheckResult)
+        return answer
 
     async def submit(
         self,
@@ -188,26 +185,23 @@ class WorkerConnection:
         check_token: str = "",
         timeout_s: float | None = None,
     ) -> job_pb2.JobAccepted | job_pb2.JobRejected:
-        """Submit a job; the answer is JobAccepted or JobRejected (RemoteError otherwise)."""
-        out = self.session.submit(
-            job_id, spec, now=self.clock(), check_token=check_token, timeout_s=timeout_s
-        )
-        event = await self._call(out)
-        if isinstance(event, JobAcceptedEvent):
-            return event.accepted
-        assert isinstance(event, JobRejectedEvent)
-        return event.rejected
+        """Submit a job; the answer is JobAccepted or JobRejected (RemoteError otherwise).
+
+        ``job_id`` is the idempotency key: resubmitting it is safe.
+        """
+        body = job_pb2.JobSubmit(job_id=job_id, spec=spec, check_token=check_token)
+        answer = await self.request(body, timeout_s=timeout_s)
+        assert isinstance(answer, job_pb2.JobAccepted | job_pb2.JobRejected)
+        return answer
 
     async def attach(
         self, job_id: str, after_sequence: int = 0, *, timeout_s: float | None = None
     ) -> job_pb2.JobStatus:
         """Attach to a job: its state, and progress after ``after_sequence`` resent."""
-        out = self.session.attach(
-            job_id, now=self.clock(), after_sequence=after_sequence, timeout_s=timeout_s
-        )
-        event = await self._call(out)
-        assert isinstance(event, JobStatusReceived)
-        return event.status
+        body = job_pb2.JobAttach(job_id=job_id, after_sequence=after_sequence)
+        answer = await self.request(body, timeout_s=timeout_s)
+        assert isinstance(answer, job_pb2.JobStatus)
+        return answer
 
     async def control(
         self,
@@ -216,11 +210,22 @@ class WorkerConnection:
         *,
         timeout_s: float | None = None,
     ) -> job_pb2.JobStatus:
-        """Stop (graceful) or cancel a job."""
-        out = self.session.control(job_id, action, now=self.clock(), timeout_s=timeout_s)
-        event = await self._call(out)
-        assert isinstance(event, JobStatusReceived)
-        return event.status
+        """Stop (graceful, keeps the checkpoint) or cancel (at once) a job."""
+        body = job_pb2.JobControl(job_id=job_id, action=action)
+        answer = await self.request(body, timeout_s=timeout_s)
+        assert isinstance(answer, job_pb2.JobStatus)
+        return answer
+
+    async def request(self, body: Message, *, timeout_s: float | None = None) -> Message:
+        """Send any request body and wait for its answer (the body table says which fit).
+
+        Raises:
+            RemoteError: the worker answered with a typed Error.
+            RequestTimeout / ConnectionLost: no answer.
+        """
+        event = await self._call(self.session.request(body, now=self.clock(), timeout_s=timeout_s))
+        assert isinstance(event, AnswerReceived)
+        return event.body
 
     # ------------------------------------------------------------------ job events
 
@@ -264,9 +269,9 @@ class WorkerConnection:
 
     # ------------------------------------------------------------------ internals
 
-    async def _call(self, out: Outgoing) -> Event:
+    async def _call(self, rid: int) -> Event:
         self.start()
-        rid = out.request_id
+        frames = self.session.data_to_send()
         if self._lost is not None:
             self.session.abandon(rid)
             raise ConnectionLost(f"connection is closed: {self._lost}")
@@ -274,7 +279,7 @@ class WorkerConnection:
         self._waiters[rid] = future
         timeout = self.session.next_deadline_of(rid) - self.clock()
         try:
-            for frame in out.frames:
+            for frame in frames:
                 try:
                     await self.link.send(frame)
                 except LinkClosed as exc:
@@ -299,11 +304,11 @@ class WorkerConnection:
     def _expire(self) -> None:
         for event in self.session.timeouts(self.clock()):
             if isinstance(event, RequestTimedOut):
-                waiter = self._waiters.get(event.request_id)
+                waiter = self._waiters.get(event.correlation_id)
                 if waiter is not None and not waiter.done():
                     waiter.set_exception(
                         RequestTimeout(
-                            f"no answer to the {event.kind.value} request within "
+                            f"no answer to the {event.request} request within "
                             f"{event.timeout_s:g} s"
                         )
                     )
@@ -333,10 +338,10 @@ class WorkerConnection:
         if isinstance(event, ProgressReceived | LogReceived | JobCompleted | JobFailedEvent):
             self._events.put_nowait(event)
             return
-        if isinstance(event, ProtocolViolation):
+        if isinstance(event, WorkerViolation):
             self._note_violation(event)
             return
-        rid = getattr(event, "request_id", 0)
+        rid = getattr(event, "correlation_id", 0)
         waiter = self._waiters.get(rid)
         if waiter is not None and not waiter.done():
             waiter.set_result(event)
@@ -345,7 +350,7 @@ class WorkerConnection:
             self.errors.append(event)
 
     def _note_violation(self, event: Event) -> None:
-        assert isinstance(event, ProtocolViolation)
+        assert isinstance(event, WorkerViolation)
         log.warning("ignored a frame from the worker (%s): %s", event.reason, event.message)
         self.violations.append(event)
         del self.violations[:-100]

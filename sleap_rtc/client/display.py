@@ -2,11 +2,12 @@
 
 >>> import io
 >>> from rich.console import Console
->>> from sleap_rtc.client.session import ProgressReceived
+>>> from sleap_rtc.client.events import ProgressReceived
 >>> from sleap_rtc_proto.v1 import progress_pb2 as p
 >>> out = io.StringIO()
 >>> display = TerminalProgress(console=Console(file=out, width=100, color_system=None))
->>> display.handle(ProgressReceived(p.JobProgress(event=p.PROGRESS_EVENT_EPOCH_END, epoch=0,
+>>> display.handle(ProgressReceived(progress=p.JobProgress(
+...     event=p.PROGRESS_EVENT_EPOCH_END, epoch=0,
 ...     metrics={"val/loss": 0.25, "train/loss": 0.5, "lr-Adam": 1e-4, "val/mAP": 0.7})))
 >>> print(out.getvalue().strip())
 epoch 1: train/loss 0.5000  val/loss 0.2500  lr-Adam 0.0001

@@ -11,8 +11,13 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sleap_rtc.client.config import ConfigError, ConfigSource, check_config_content, config_to_yaml
 from sleap_rtc.client.results import Checked, FlowEnded, error_result
+from sleap_rtc.client.training_config import (
+    ConfigSource,
+    TrainingConfigError,
+    check_config_content,
+    config_to_yaml,
+)
 from sleap_rtc.jobs.spec import TrainJobSpec
 from sleap_rtc_proto.v1 import spec_pb2
 
@@ -60,7 +65,7 @@ def draft_spec(
         elif spec is not None and spec.config_content is not None:
             content = check_config_content(spec.config_content)
         if content is None and spec is None:
-            raise ConfigError("no training config was given")
+            raise TrainingConfigError("no training config was given")
         base = spec or TrainJobSpec(config_content=content, labels_path=labels_path or "")
         fields = dict(overrides)
         unknown = set(fields) - set(OVERRIDES)
@@ -74,7 +79,7 @@ def draft_spec(
             prefix_mappings={**base.prefix_mappings, **(prefix_mappings or {})},
             **{name: fields.get(name, getattr(base, name)) for name in OVERRIDES},
         )
-    except ConfigError as exc:
+    except TrainingConfigError as exc:
         raise FlowEnded(error_result("config", f"Invalid training config: {exc}")) from None
     except ValueError as exc:
         raise FlowEnded(error_result("config", f"Invalid job: {exc}")) from None

@@ -37,7 +37,6 @@ from typing import Any
 
 from sleap_rtc.client.auth import AuthCheck, LoginRequired
 from sleap_rtc.client.callbacks import maybe_await
-from sleap_rtc.client.config import ConfigSource
 from sleap_rtc.client.connection import (
     ConnectionLost,
     HelloRefusedError,
@@ -67,6 +66,7 @@ from sleap_rtc.client.results import (
 )
 from sleap_rtc.client.session import ClientSession
 from sleap_rtc.client.timeouts import FlowTimeouts
+from sleap_rtc.client.training_config import ConfigSource
 from sleap_rtc.client.views import CheckView, Resolution
 from sleap_rtc.jobs.spec import TrainJobSpec
 from sleap_rtc.transport.link import Link

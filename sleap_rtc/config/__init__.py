@@ -6,8 +6,11 @@ default locations are the usual per-user places (``platformdirs``):
 Linux. ``SLEAP_RTC_CONFIG_DIR`` moves the config folder (tests and scripts use
 it to stay away from the user's own files).
 
-Every validation problem raises :class:`ConfigError`, whose message names the
-file and the key.
+Every validation problem raises a :class:`ConfigFileError`, whose message names
+the file and the key: :class:`~sleap_rtc.config.client.ClientConfigError` for
+``client.toml``, :class:`~sleap_rtc.config.worker.WorkerConfigError` for
+``worker.toml``. (The training config, sleap-nn YAML, is another matter:
+:class:`~sleap_rtc.client.training_config.TrainingConfigError`.)
 """
 
 from __future__ import annotations
@@ -29,8 +32,12 @@ DEFAULT_SIGNAL_URL = f"ws://127.0.0.1:{DEFAULT_SIGNAL_PORT}"
 DEFAULT_ROOM = "default"
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file and the key."""
+class ConfigFileError(ValueError):
+    """A settings file (TOML) that cannot be used; the message names the file and the key.
+
+    The base of :class:`~sleap_rtc.config.client.ClientConfigError` and
+    :class:`~sleap_rtc.config.worker.WorkerConfigError`; catch it for either.
+    """
 
     def __init__(self, source: Path | str | None, key: str, message: str) -> None:
         where = str(source) if source else "<flags>"
@@ -60,20 +67,20 @@ def state_dir() -> Path:
     return Path(platformdirs.user_state_dir(APP_NAME, appauthor=False))
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse ``path`` as TOML; syntax errors become a :class:`ConfigError`."""
+def read_toml(path: Path, error: type[ConfigFileError] = ConfigFileError) -> dict[str, Any]:
+    """Parse ``path`` as TOML; problems raise ``error`` (a :class:`ConfigFileError`)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(path, "", "file not found") from None
+        raise error(path, "", "file not found") from None
     except OSError as exc:
-        raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
+        raise error(path, "", f"cannot read: {exc.strerror or exc}") from None
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(path, "", "not UTF-8 text") from None
+        raise error(path, "", "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"invalid TOML: {exc}") from None
+        raise error(path, "", f"invalid TOML: {exc}") from None
 
 
 class Table:
@@ -83,17 +90,25 @@ class Table:
     silently ignored settings).
     """
 
-    def __init__(self, data: Mapping[str, Any], source: Path | None, prefix: str = "") -> None:
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        source: Path | None,
+        prefix: str = "",
+        *,
+        error: type[ConfigFileError] = ConfigFileError,
+    ) -> None:
         self._data = data
         self._source = source
         self._prefix = prefix
+        self._error = error
         self._seen: set[str] = set()
 
     def key(self, name: str) -> str:
         return f"{self._prefix}{name}"
 
-    def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self._source, self.key(name), message)
+    def error(self, name: str, message: str) -> ConfigFileError:
+        return self._error(self._source, self.key(name), message)
 
     def _get(self, name: str) -> Any:
         self._seen.add(name)
@@ -156,7 +171,7 @@ class Table:
             value = {}
         if not isinstance(value, dict):
             raise self.error(name, f"must be a table (got {value!r})")
-        return Table(value, self._source, prefix=f"{self.key(name)}.")
+        return Table(value, self._source, prefix=f"{self.key(name)}.", error=self._error)
 
     def tables(self, name: str) -> list[Table]:
         """An array of tables (``[[name]]``)."""
@@ -166,7 +181,8 @@ class Table:
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise self.error(name, "must be an array of tables ([[" + self.key(name) + "]])")
         return [
-            Table(v, self._source, prefix=f"{self.key(name)}[{i}].") for i, v in enumerate(value)
+            Table(v, self._source, prefix=f"{self.key(name)}[{i}].", error=self._error)
+            for i, v in enumerate(value)
         ]
 
     def raw(self, name: str) -> Any:

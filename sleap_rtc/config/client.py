@@ -20,7 +20,7 @@ from typing import Any
 from sleap_rtc.config import (
     DEFAULT_ROOM,
     DEFAULT_SIGNAL_URL,
-    ConfigError,
+    ConfigFileError,
     Table,
     config_dir,
     read_toml,
@@ -28,6 +28,10 @@ from sleap_rtc.config import (
 )
 
 FILE_NAME = "client.toml"
+
+
+class ClientConfigError(ConfigFileError):
+    """A ``client.toml`` (or client flag) that cannot be used; the message names file and key."""
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,11 @@ def load(path: Path | None = None) -> ClientSettings:
         if not candidate.exists():
             return ClientSettings()
         path = candidate
-    return parse(read_toml(path), path)
+    return parse(read_toml(path, ClientConfigError), path)
 
 
 def parse(data: dict[str, Any], source: Path | None) -> ClientSettings:
-    top = Table(data, source)
+    top = Table(data, source, error=ClientConfigError)
     defaults = ClientSettings()
     server = top.nonempty("server", defaults.server)
     if not server.startswith(("ws://", "wss://")):
@@ -91,7 +95,9 @@ def with_overrides(settings: ClientSettings, **flags: Any) -> ClientSettings:
     changes = {k: v for k, v in flags.items() if v is not None}
     server = changes.get("server")
     if server is not None and not str(server).startswith(("ws://", "wss://")):
-        raise ConfigError(None, "--server", f"must start with ws:// or wss:// (got {server!r})")
+        raise ClientConfigError(
+            None, "--server", f"must start with ws:// or wss:// (got {server!r})"
+        )
     unknown = set(changes) - set(ClientSettings.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown client settings {sorted(unknown)}")

@@ -15,7 +15,7 @@ from typing import Any
 from sleap_rtc.config import (
     DEFAULT_ROOM,
     DEFAULT_SIGNAL_URL,
-    ConfigError,
+    ConfigFileError,
     Table,
     config_dir,
     read_toml,
@@ -28,6 +28,10 @@ FILE_NAME = "worker.toml"
 CREDENTIAL_ENV = "SLEAP_RTC_WORKER_CREDENTIAL"
 DEFAULT_TRAINER_COMMAND: tuple[str, ...] = ("sleap-nn", "train")
 DEFAULT_MAX_CONFIG_BYTES = 1024 * 1024
+
+
+class WorkerConfigError(ConfigFileError):
+    """A ``worker.toml`` (or worker flag) that cannot be used; the message names file and key."""
 
 
 @dataclass(frozen=True)
@@ -67,29 +71,31 @@ class WorkerSettings:
         try:
             text = self.credential_file.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
-            raise ConfigError(
+            raise WorkerConfigError(
                 self.source, "credential_file", f"{self.credential_file} does not exist"
             ) from None
         except OSError as exc:
-            raise ConfigError(
+            raise WorkerConfigError(
                 self.source, "credential_file", f"cannot read {self.credential_file}: {exc}"
             ) from None
         if not text:
-            raise ConfigError(self.source, "credential_file", f"{self.credential_file} is empty")
+            raise WorkerConfigError(
+                self.source, "credential_file", f"{self.credential_file} is empty"
+            )
         return text
 
     def validate(self) -> None:
         """Checks that need the filesystem: mounts exist and are folders."""
         if not self.mounts:
-            raise ConfigError(
+            raise WorkerConfigError(
                 self.source, "mounts", "at least one mount is required (use --mount PATH)"
             )
         for i, mount in enumerate(self.mounts):
             key = f"mounts[{i}]" if self.source else "--mount"
             if not mount.path.is_absolute():
-                raise ConfigError(self.source, key, f"{mount.path} is not an absolute path")
+                raise WorkerConfigError(self.source, key, f"{mount.path} is not an absolute path")
             if not mount.path.is_dir():
-                raise ConfigError(self.source, key, f"{mount.path} is not an existing folder")
+                raise WorkerConfigError(self.source, key, f"{mount.path} is not an existing folder")
 
 
 def default_path() -> Path:
@@ -102,7 +108,7 @@ def parse_mount(text: str, *, source: Path | None = None, key: str = "--mount") 
     if not sep:
         label, path_text = "", text
     if not path_text.strip():
-        raise ConfigError(source, key, f"{text!r} names no folder")
+        raise WorkerConfigError(source, key, f"{text!r} names no folder")
     path = resolve_path(path_text, source)
     if not path.is_absolute():
         path = path.absolute()
@@ -120,10 +126,10 @@ def load(path: Path | None = None, *, required: bool = False) -> WorkerSettings:
         candidate = default_path()
         if not candidate.exists():
             if required:
-                raise ConfigError(candidate, "", "file not found")
+                raise WorkerConfigError(candidate, "", "file not found")
             return from_env(WorkerSettings())
         path = candidate
-    return from_env(parse(read_toml(path), path))
+    return from_env(parse(read_toml(path, WorkerConfigError), path))
 
 
 def from_env(settings: WorkerSettings) -> WorkerSettings:
@@ -135,7 +141,7 @@ def from_env(settings: WorkerSettings) -> WorkerSettings:
 
 def parse(data: dict[str, Any], source: Path | None) -> WorkerSettings:
     """Build settings from a parsed TOML document, validating every key."""
-    top = Table(data, source)
+    top = Table(data, source, error=WorkerConfigError)
     defaults = WorkerSettings()
     mounts: list[Mount] = []
     raw_mounts = top.raw("mounts")
@@ -209,13 +215,15 @@ def with_overrides(settings: WorkerSettings, **flags: Any) -> WorkerSettings:
 
             parts = shlex.split(value) if isinstance(value, str) else list(value)
             if not parts:
-                raise ConfigError(None, "--trainer-command", "must name a program")
+                raise WorkerConfigError(None, "--trainer-command", "must name a program")
             changes[name] = tuple(parts)
             continue
         if name == "concurrency" and int(value) < 1:
-            raise ConfigError(None, "--concurrency", f"must be at least 1 (got {value})")
+            raise WorkerConfigError(None, "--concurrency", f"must be at least 1 (got {value})")
         if name == "signaling_url" and not str(value).startswith(("ws://", "wss://")):
-            raise ConfigError(None, "--server", f"must start with ws:// or wss:// (got {value!r})")
+            raise WorkerConfigError(
+                None, "--server", f"must start with ws:// or wss:// (got {value!r})"
+            )
         if name == "ice_servers":
             changes[name] = tuple(value)
             continue

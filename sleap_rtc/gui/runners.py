@@ -94,8 +94,9 @@ def run_remote_training(
     """Seed steps 5-6 for a ready spec: re-check its paths, submit, stream progress.
 
     Passes the spec through to :func:`sleap_rtc.api.run_training` on one
-    connection; progress goes to SLEAP's LossViewer (``lossviewer=True``) and
-    its Stop button stops the job. Blocks until the job ends; see
+    connection (other keyword arguments too: ``connect``, ``auth``,
+    ``capture="run.mcap"``, ...); progress goes to SLEAP's LossViewer
+    (``lossviewer=True``) and its Stop button stops the job. Blocks until the job ends; see
     :func:`start_remote_training` to run it in the background.
 
     Example::

@@ -14,6 +14,10 @@ hosted service can replace the embedded one later:
   room_id, subject, redirect}: the login page's script and headless logins
 - anything refused -> ``error`` {code, reason, request_type}
 
+The server's HTTP side (same host and port) answers on the paths below
+(:data:`JWKS_PATH`, :data:`LOGIN_PATH`, ...): the browser login and verifiers
+find them here, without importing the server.
+
 Every request may carry a ``request_id`` (any short string); the server echoes
 it in the reply or error so a client can match answers without guessing. The
 sender of a relayed message is always the registered id of the connection it
@@ -56,6 +60,15 @@ REQUEST_TYPES: Final = frozenset(
 )
 #: Types relayed from one peer to another.
 RELAY_TYPES: Final = frozenset({"offer", "answer", "candidate"})
+
+#: HTTP: the public keys tokens are verified with (a JWKS).
+JWKS_PATH: Final = "/.well-known/jwks.json"
+#: HTTP: the login form (query: room, state, a loopback redirect_uri).
+LOGIN_PATH: Final = "/login"
+#: HTTP: where the login form is sent (passphrase check, token, redirect).
+LOGIN_SUBMIT_PATH: Final = "/login/submit"
+#: HTTP: liveness.
+HEALTH_PATH: Final = "/healthz"
 
 
 class ErrorCode:

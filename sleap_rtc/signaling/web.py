@@ -31,15 +31,18 @@ from websockets.http11 import Request, Response
 
 from sleap_rtc.auth.tokens import DEFAULT_TTL_S, TokenIssuer
 from sleap_rtc.signaling import protocol as P
-from sleap_rtc.signaling.protocol import ErrorCode, MessageError
+from sleap_rtc.signaling.protocol import (
+    HEALTH_PATH,
+    JWKS_PATH,
+    LOGIN_PATH,
+    LOGIN_SUBMIT_PATH,
+    ErrorCode,
+    MessageError,
+)
 from sleap_rtc.signaling.rooms import RoomConfig
 
 log = logging.getLogger(__name__)
 
-JWKS_PATH = "/.well-known/jwks.json"
-HEALTH_PATH = "/healthz"
-LOGIN_PATH = "/login"
-LOGIN_SUBMIT_PATH = "/login/submit"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _TEXT = "text/plain; charset=utf-8"
 

@@ -24,7 +24,7 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection
 
 from sleap_rtc.transport.link import LinkClosed
-from sleap_rtc_proto.codec import MAX_FRAME_BYTES
+from sleap_rtc_proto.limits import MAX_FRAME_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,6 @@ from google.protobuf.message import Message
 
 from sleap_rtc_proto.v1 import progress_pb2
 
-#: The Hello/HelloAck feature that lets the worker send JobProgressBatch.
-FEATURE = "progress_batch"
 #: Most JobProgress in one batch.
 MAX_ITEMS = 256
 #: Most encoded bytes of one batch's items (well under a 256 KiB frame).

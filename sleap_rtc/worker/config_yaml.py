@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from sleap_rtc_proto.codec import MAX_CONFIG_BYTES
+from sleap_rtc_proto.limits import MAX_CONFIG_BYTES
 from sleap_rtc_proto.v1 import job_pb2
 
 #: Aliases (``*name``) allowed in one config; YAML configs rarely need any.

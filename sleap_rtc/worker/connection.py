@@ -24,12 +24,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf.message import Message
+
 from sleap_rtc.transport.link import Link, LinkClosed
-from sleap_rtc.worker.batching import FEATURE as BATCH_FEATURE
 from sleap_rtc.worker.batching import coalesce
 from sleap_rtc.worker.events import Event, make_error
 from sleap_rtc.worker.jobrecord import Job, JobMessage
 from sleap_rtc.worker.session import WorkerSession
+from sleap_rtc_proto.bodies import Feature
 from sleap_rtc_proto.v1 import error_pb2, progress_pb2
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ class Connection:
     @property
     def batching(self) -> bool:
         """True when the client agreed to JobProgressBatch (HelloAck.features)."""
-        return BATCH_FEATURE in self.session.features
+        return Feature.PROGRESS_BATCH in self.session.features
 
     def _close_group(self) -> None:
         """Encode the open progress group in place (before anything queued after it)."""
@@ -99,6 +101,34 @@ class Connection:
                     "connection %s: cannot send %s: %s", self.peer_id, type(message), exc
                 )
         group.frames = self.session.data_to_send()
+
+    @property
+    def subject(self) -> str:
+        """The authenticated user of this connection ("" without authentication)."""
+        return self.session.subject
+
+    @property
+    def session_id(self) -> str:
+        """The session's name in logs."""
+        return self.session.session_id
+
+    def reply(self, correlation_id: int, body: Message) -> None:
+        """Send ``body`` as the answer to request ``correlation_id``."""
+        self._close_group()
+        self.session.send(body, correlation_id=correlation_id)
+        self.flush()
+
+    def send(self, body: Message) -> None:
+        """Send ``body`` unsolicited, after everything queued before it (never batched)."""
+        self._close_group()
+        self.session.send(body)
+        self.flush()
+
+    def reply_error(self, correlation_id: int, error: error_pb2.Error) -> None:
+        """Answer request ``correlation_id`` with a typed Error."""
+        self._close_group()
+        self.session.send_error(correlation_id, error)
+        self.flush()
 
     def flush(self) -> None:
         """Move the session's queued frames to the outbox (closing a reader that lags)."""

@@ -1,10 +1,11 @@
 """What a :class:`~sleap_rtc.worker.session.WorkerSession` reports, and the Error/rule helpers.
 
-Events are plain frozen dataclasses: the adapter answers each request event
-with ``WorkerSession.send_reply`` / ``send_error``, using the event's
-``correlation_id``. :func:`make_error` builds Error bodies (message capped) and
-:func:`submit_violations` applies the protocol rules to a JobSubmit with the
-worker's config size limit; the session and job intake share both.
+Events are frozen, slotted, keyword-only dataclasses named for what the client
+did: the adapter answers each :class:`RequestReceived` through its connection,
+using the event's ``correlation_id``. The client's side has its own events
+(:mod:`sleap_rtc.client.events`). :func:`make_error` builds Error bodies
+(message capped) and :func:`submit_violations` applies the protocol rules to a
+JobSubmit with the worker's config size limit.
 """
 
 from __future__ import annotations
@@ -12,21 +13,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from google.protobuf.message import Message
+
 from sleap_rtc_proto import rules
-from sleap_rtc_proto.codec import MAX_CONFIG_BYTES
-from sleap_rtc_proto.v1 import error_pb2, job_pb2, paths_pb2
+from sleap_rtc_proto.limits import MAX_CONFIG_BYTES
+from sleap_rtc_proto.v1 import error_pb2, job_pb2
 from sleap_rtc_proto.versions import Version
 
 __all__ = [
     "MAX_ERROR_CHARS",
+    "ClientAccepted",
+    "ClientError",
+    "ClientViolation",
     "Event",
-    "HelloAccepted",
-    "JobAttachRequested",
-    "JobControlRequested",
-    "JobSubmitted",
-    "PathCheckRequested",
-    "PeerError",
-    "ProtocolViolation",
+    "RequestReceived",
     "make_error",
     "submit_violations",
 ]
@@ -38,9 +38,9 @@ MAX_ERROR_CHARS = 4000
 # --- events ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HelloAccepted:
-    """The handshake succeeded; HelloAck is queued. ``subject`` is "" without auth."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientAccepted:
+    """The client's Hello succeeded; HelloAck is queued. ``subject`` is "" without auth."""
 
     correlation_id: int
     subject: str
@@ -49,48 +49,31 @@ class HelloAccepted:
     client_software: str
 
 
-@dataclass(frozen=True)
-class PathCheckRequested:
-    """A valid PathCheckRequest; answer with :meth:`WorkerSession.send_reply`."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestReceived:
+    """A request that passed its protocol rules; answer it through the connection.
+
+    Attributes:
+        correlation_id: the request's message id (the answer's correlation id).
+        name: the request's body name (a REQUEST row of the body table).
+        body: the request itself.
+    """
 
     correlation_id: int
-    request: paths_pb2.PathCheckRequest
+    name: str
+    body: Message
 
 
-@dataclass(frozen=True)
-class JobSubmitted:
-    """A JobSubmit that passed the protocol rules; answer JobAccepted/JobRejected/Error."""
-
-    correlation_id: int
-    submit: job_pb2.JobSubmit
-
-
-@dataclass(frozen=True)
-class JobControlRequested:
-    """A valid JobControl; answer with JobStatus or Error NOT_FOUND."""
-
-    correlation_id: int
-    control: job_pb2.JobControl
-
-
-@dataclass(frozen=True)
-class JobAttachRequested:
-    """A valid JobAttach; answer with JobStatus, then resend the missed progress."""
-
-    correlation_id: int
-    attach: job_pb2.JobAttach
-
-
-@dataclass(frozen=True)
-class PeerError:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientError:
     """The client sent an Error (never answered, to avoid error ping-pong)."""
 
     correlation_id: int
     error: error_pb2.Error
 
 
-@dataclass(frozen=True)
-class ProtocolViolation:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientViolation:
     """The client misbehaved; the answer is already queued.
 
     The answer is ``error`` itself, except for a JobSubmit that breaks the
@@ -102,15 +85,7 @@ class ProtocolViolation:
     error: error_pb2.Error
 
 
-Event = (
-    HelloAccepted
-    | PathCheckRequested
-    | JobSubmitted
-    | JobControlRequested
-    | JobAttachRequested
-    | PeerError
-    | ProtocolViolation
-)
+Event = ClientAccepted | RequestReceived | ClientError | ClientViolation
 
 
 def make_error(

@@ -14,9 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
-from sleap_rtc.worker.trainer import RunResult
 from sleap_rtc.worker.trainplan import TrainPlan
 from sleap_rtc.worker.zmqprogress import ProgressUpdate
 from sleap_rtc_proto.v1 import job_pb2, progress_pb2
@@ -29,6 +28,30 @@ JobMessage = (
     | progress_pb2.JobComplete
     | progress_pb2.JobFailed
 )
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended. ``failure_code`` is 0 for a completed run."""
+
+    completed: bool
+    failure_code: int = 0
+    exit_code: int | None = None
+    message: str = ""
+    stopped_early: bool = False
+    duration_s: float = 0.0
+    log_tail: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+
+class RunControl(Protocol):
+    """What a job needs of its running trainer (the process adapter provides it)."""
+
+    def stop(self) -> None:
+        """Ask the trainer to stop gracefully (it keeps its checkpoint)."""
+
+    def cancel(self, code: int = ..., message: str = ...) -> None:
+        """End the trainer at once; the run ends with ``code`` and ``message``."""
+
+
 #: States in which a job counts against the concurrency limit.
 ACTIVE_STATES = (V.JOB_STATE_QUEUED, V.JOB_STATE_RUNNING, V.JOB_STATE_STOPPING)
 
@@ -47,8 +70,8 @@ class Job:
     message: str = ""
     last_sequence: int = 0
     final: progress_pb2.JobComplete | progress_pb2.JobFailed | None = None
-    #: Control handle of the running trainer (``stop()`` / ``cancel(code, msg)``).
-    control: Any = None
+    #: The running trainer, between :meth:`start` and :meth:`finish`.
+    control: RunControl | None = None
     _first: progress_pb2.JobProgress | None = None
     _history: deque[JobMessage] = field(default_factory=deque)
     _dropped_upto: int = 0
@@ -102,6 +125,34 @@ class Job:
                 lines=lines,
             )
         )
+
+    # --- lifecycle: start, stop, cancel, finish ---------------------------
+
+    def start(self, control: RunControl) -> None:
+        """The trainer of this job started; ``control`` stops or cancels it."""
+        self.control = control
+        self.state = V.JOB_STATE_RUNNING
+        self.message = "running"
+
+    def stop(self) -> str:
+        """Ask the trainer to stop after the current batch; returns the note for the client."""
+        if self.control is not None:
+            self.control.stop()
+        self.state = V.JOB_STATE_STOPPING
+        self.message = "stop requested; training ends after the current batch"
+        return self.message
+
+    def cancel(
+        self,
+        code: int = progress_pb2.FAILURE_CODE_CANCELLED,
+        message: str = "job cancelled by the client",
+    ) -> str:
+        """Terminate the trainer; the job fails with ``code``. Returns the note for the client."""
+        if self.control is not None:
+            self.control.cancel(code, message)
+        self.state = V.JOB_STATE_STOPPING
+        self.message = "cancel requested; the trainer is being terminated"
+        return self.message
 
     def finish(self, result: RunResult) -> JobMessage:
         """Record the end of the run (once); returns the final message."""

@@ -48,7 +48,7 @@ from sleap_rtc.worker.validate import (
 )
 from sleap_rtc.worker.validate import violation as _violation
 from sleap_rtc_proto import rules
-from sleap_rtc_proto.codec import MAX_CONFIG_BYTES
+from sleap_rtc_proto.limits import MAX_CONFIG_BYTES
 from sleap_rtc_proto.v1 import error_pb2, job_pb2
 
 __all__ = [
@@ -164,20 +164,24 @@ class JobRegistry:
         return self.submit_job(submit, owner=owner)[0]
 
     def submit_job(
-        self, submit: job_pb2.JobSubmit, *, owner: str = ""
+        self, submit: job_pb2.JobSubmit, *, owner: str = "", rules_checked: bool = False
     ) -> tuple[SubmitAnswer, Job | None]:
         """The answer to ``submit``, and the new job when one was accepted now.
 
         The caller starts the new job's run. A repeated submit returns the
-        first answer with ``duplicate`` set and no new job.
+        first answer with ``duplicate`` set and no new job. ``rules_checked``
+        says the protocol rules already passed (a
+        :class:`~sleap_rtc.worker.session.WorkerSession` hands out only such
+        submits), so they are not checked a second time.
         """
         job_id = submit.job_id
-        violations = [
-            v.to_proto()
-            for v in submit_violations(submit, max_config_bytes=self.config.max_config_bytes)
-        ]
-        if violations:
-            return self._reject(job_id, violations), None
+        if not rules_checked:
+            violations = [
+                v.to_proto()
+                for v in submit_violations(submit, max_config_bytes=self.config.max_config_bytes)
+            ]
+            if violations:
+                return self._reject(job_id, violations), None
         digest = spec_hash(submit)
         existing = self._jobs.get(job_id)
         if existing is not None:

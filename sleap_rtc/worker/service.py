@@ -35,36 +35,35 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq.asyncio
+from google.protobuf.message import Message
 
 from sleap_rtc import __version__
+from sleap_rtc.auth.tokens import Claims, TokenError
 from sleap_rtc.transport.link import Link
 from sleap_rtc.worker.connection import Connection
 from sleap_rtc.worker.events import (
+    ClientAccepted,
+    ClientViolation,
     Event,
-    HelloAccepted,
-    JobAttachRequested,
-    JobControlRequested,
-    JobSubmitted,
-    PathCheckRequested,
-    ProtocolViolation,
+    RequestReceived,
     make_error,
 )
 from sleap_rtc.worker.index import FileIndex
-from sleap_rtc.worker.jobrecord import Job
+from sleap_rtc.worker.jobrecord import Job, RunResult
 from sleap_rtc.worker.jobs import IntakeConfig, JobRegistry
 from sleap_rtc.worker.mounts import MountPolicy, PathRejected
 from sleap_rtc.worker.pathcheck import PathChecker
-from sleap_rtc.worker.session import Verifier, WorkerInfo, WorkerSession
-from sleap_rtc.worker.trainer import RunLimits, RunResult, TrainerRun
+from sleap_rtc.worker.session import TokenRefused, Verifier, WorkerInfo, WorkerSession
+from sleap_rtc.worker.trainer import RunLimits, TrainerRun
 from sleap_rtc.worker.trainplan import DEFAULT_TRAINER_COMMAND
 from sleap_rtc.worker.zmqprogress import ProgressUpdate
-from sleap_rtc_proto.codec import MAX_CONFIG_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
-from sleap_rtc_proto.v1 import error_pb2, job_pb2, progress_pb2
+from sleap_rtc_proto.limits import MAX_CONFIG_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
+from sleap_rtc_proto.v1 import error_pb2, job_pb2, paths_pb2, progress_pb2
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +74,23 @@ def _components() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[name] = importlib.metadata.version(name)
     return out
+
+
+#: Checks a client's token and returns its claims (e.g.
+#: ``functools.partial(TokenVerifier.verify, room=...)``); raises TokenError.
+TokenCheck = Callable[[str], Claims]
+
+
+def session_verifier(check: TokenCheck) -> Verifier:
+    """The sans-IO session's verifier (token -> subject) for a claims-returning ``check``."""
+
+    def verify(token: str) -> str:
+        try:
+            return check(token).subject
+        except TokenError as exc:
+            raise TokenRefused(exc.reason, exc.message) from None
+
+    return verify
 
 
 @dataclass(kw_only=True)
@@ -109,7 +125,7 @@ class WorkerConfig:
 
     mounts: Sequence[str | Path]
     state_dir: Path
-    verifier: Verifier | None
+    verifier: TokenCheck | None
     runs_dir: Path | None = None
     trainer_command: Sequence[str] = DEFAULT_TRAINER_COMMAND
     trainer_env: Mapping[str, str] = field(default_factory=dict)
@@ -237,9 +253,7 @@ class WorkerService:
             self._index_task = None
         for job in self.registry.jobs():
             if job.active and job.control is not None:
-                job.control.cancel(
-                    progress_pb2.FAILURE_CODE_WORKER_SHUTDOWN, "the worker is shutting down"
-                )
+                job.cancel(progress_pb2.FAILURE_CODE_WORKER_SHUTDOWN, "the worker is shutting down")
         runs = list(self._runs.values())
         if runs:
             _, pending = await asyncio.wait(
@@ -275,7 +289,11 @@ class WorkerService:
         conn = Connection(
             link,
             peer_id,
-            WorkerSession(self.info, verifier=cfg.verifier, session_id=uuid.uuid4().hex[:12]),
+            WorkerSession(
+                self.info,
+                verifier=None if cfg.verifier is None else session_verifier(cfg.verifier),
+                session_id=uuid.uuid4().hex[:12],
+            ),
             send_timeout_s=cfg.send_timeout_s,
             max_outbox_frames=cfg.max_outbox_frames,
         )
@@ -286,57 +304,69 @@ class WorkerService:
             self._connections.discard(conn)
 
     def _handle(self, conn: Connection, event: Event) -> None:
-        if isinstance(event, HelloAccepted):
+        if isinstance(event, ClientAccepted):
             log.info(
                 "session %s: %s (%s) authenticated as %r",
-                conn.session.session_id,
+                conn.session_id,
                 conn.peer_id,
                 event.client_name,
                 event.subject,
             )
-        elif isinstance(event, PathCheckRequested):
-            if len(conn.tasks) >= self.config.max_path_checks:
-                conn.session.send_error(
-                    event.correlation_id,
-                    make_error(
-                        error_pb2.ERROR_CODE_BUSY,
-                        "too many path checks in flight on this connection",
-                        retryable=True,
-                    ),
-                )
-            else:
-                conn.spawn(self._path_check(conn, event))
-        elif isinstance(event, JobSubmitted):
-            self._submit(conn, event)
-        elif isinstance(event, JobControlRequested):
-            self._control(conn, event)
-        elif isinstance(event, JobAttachRequested):
-            self._attach(conn, event)
-        elif isinstance(event, ProtocolViolation):
-            log.info("session %s: %s", conn.session.session_id, event.error.message)
+        elif isinstance(event, RequestReceived):
+            handler = self._handlers[event.name]
+            handler(conn, event.correlation_id, event.body)
+        elif isinstance(event, ClientViolation):
+            log.info("session %s: %s", conn.session_id, event.error.message)
 
-    async def _path_check(self, conn: Connection, event: PathCheckRequested) -> None:
+    @property
+    def _handlers(self) -> dict[str, Callable[[Connection, int, Message], None]]:
+        """The worker's handler of each request body (by body table name)."""
+        return {
+            "path_check_request": self._path_check_requested,
+            "job_submit": self._submit,
+            "job_control": self._control,
+            "job_attach": self._attach,
+        }
+
+    def _path_check_requested(self, conn: Connection, cid: int, body: Message) -> None:
+        assert isinstance(body, paths_pb2.PathCheckRequest)
+        if len(conn.tasks) >= self.config.max_path_checks:
+            conn.reply_error(
+                cid,
+                make_error(
+                    error_pb2.ERROR_CODE_BUSY,
+                    "too many path checks in flight on this connection",
+                    retryable=True,
+                ),
+            )
+        else:
+            conn.spawn(self._path_check(conn, cid, body))
+
+    async def _path_check(
+        self, conn: Connection, cid: int, request: paths_pb2.PathCheckRequest
+    ) -> None:
         try:
-            result = await asyncio.to_thread(self.checker.check, event.request)
+            result = await asyncio.to_thread(self.checker.check, request)
         except Exception as exc:
             log.exception("path check failed")
-            conn.session.send_error(
-                event.correlation_id,
+            conn.reply_error(
+                cid,
                 make_error(
                     error_pb2.ERROR_CODE_INTERNAL,
                     f"the path check failed on the worker: {type(exc).__name__}: {exc}",
                 ),
             )
         else:
-            conn.session.send_reply(event.correlation_id, result)
-        conn.flush()
+            conn.reply(cid, result)
 
-    def _submit(self, conn: Connection, event: JobSubmitted) -> None:
-        answer, job = self.registry.submit_job(event.submit, owner=conn.session.subject)
+    def _submit(self, conn: Connection, cid: int, body: Message) -> None:
+        assert isinstance(body, job_pb2.JobSubmit)
+        # The session checked the protocol rules (with the same config limit).
+        answer, job = self.registry.submit_job(body, owner=conn.subject, rules_checked=True)
         if isinstance(answer, error_pb2.Error):
-            conn.session.send_error(event.correlation_id, answer)
+            conn.reply_error(cid, answer)
             return
-        conn.session.send_reply(event.correlation_id, answer)
+        conn.reply(cid, answer)
         if isinstance(answer, job_pb2.JobAccepted):
             accepted = self.registry.get(answer.job_id)
             if accepted is not None:
@@ -354,9 +384,7 @@ class WorkerService:
             limits=self.config.run_limits,
             env=self.config.trainer_env,
         )
-        job.control = run
-        job.state = job_pb2.JOB_STATE_RUNNING
-        job.message = "running"
+        job.start(run)
         self._runs[job.job_id] = asyncio.create_task(self._run(job, run))
 
     async def _run(self, job: Job, run: TrainerRun) -> None:
@@ -368,7 +396,7 @@ class WorkerService:
                     completed=False,
                     failure_code=progress_pb2.FAILURE_CODE_WORKER_SHUTDOWN,
                     message="the worker stopped while the job ran",
-                    log_tail=tuple(run._tail),
+                    log_tail=run.log_tail,
                 )
             )
             raise
@@ -387,7 +415,7 @@ class WorkerService:
     def _owned(self, conn: Connection, correlation_id: int, job_id: str) -> Job | None:
         job = self.registry.get(job_id)
         if job is None:
-            conn.session.send_error(
+            conn.reply_error(
                 correlation_id,
                 make_error(
                     error_pb2.ERROR_CODE_NOT_FOUND,
@@ -396,8 +424,8 @@ class WorkerService:
                 ),
             )
             return None
-        if job.owner != conn.session.subject:
-            conn.session.send_error(
+        if job.owner != conn.subject:
+            conn.reply_error(
                 correlation_id,
                 make_error(
                     error_pb2.ERROR_CODE_FORBIDDEN,
@@ -408,41 +436,34 @@ class WorkerService:
             return None
         return job
 
-    def _control(self, conn: Connection, event: JobControlRequested) -> None:
-        control = event.control
-        job = self._owned(conn, event.correlation_id, control.job_id)
+    def _control(self, conn: Connection, cid: int, control: Message) -> None:
+        assert isinstance(control, job_pb2.JobControl)
+        job = self._owned(conn, cid, control.job_id)
         if job is None:
             return
         if not job.active:
-            conn.session.send_reply(
-                event.correlation_id, job.status(f"the job already ended: {job.message}")
-            )
+            conn.reply(cid, job.status(f"the job already ended: {job.message}"))
             return
         if control.action == job_pb2.CONTROL_ACTION_STOP:
-            if job.control is not None:
-                job.control.stop()
-            note = "stop requested; training ends after the current batch"
+            job.stop()
         else:
-            if job.control is not None:
-                job.control.cancel()
-            note = "cancel requested; the trainer is being terminated"
-        job.state = job_pb2.JOB_STATE_STOPPING
-        job.message = note
-        conn.session.send_reply(event.correlation_id, job.status())
+            job.cancel()
+        conn.reply(cid, job.status())
 
-    def _attach(self, conn: Connection, event: JobAttachRequested) -> None:
-        job = self._owned(conn, event.correlation_id, event.attach.job_id)
+    def _attach(self, conn: Connection, cid: int, attach: Message) -> None:
+        assert isinstance(attach, job_pb2.JobAttach)
+        job = self._owned(conn, cid, attach.job_id)
         if job is None:
             return
-        messages, dropped = job.replay(event.attach.after_sequence)
+        messages, dropped = job.replay(attach.after_sequence)
         note = (
             f"{dropped} older progress message(s) are no longer kept and were not resent"
             if dropped
             else ""
         )
-        conn.session.send_reply(event.correlation_id, job.status(note))
+        conn.reply(cid, job.status(note))
         for message in messages:
-            conn.session.send(message)
+            conn.send(message)
         # No await between replay and follow: nothing is missed or sent twice.
         conn.unfollow(job.job_id)
         conn.follow(job)

@@ -15,7 +15,7 @@ events it reports live in :mod:`sleap_rtc.worker.events`.
 >>> _, frames = client.send(handshake_pb2.Hello(
 ...     min_version=SUPPORTED.min.to_proto(), max_version=SUPPORTED.max.to_proto()))
 >>> [type(e).__name__ for e in session.receive(frames[0], now=0.0)]
-['HelloAccepted']
+['ClientAccepted']
 >>> client.receive(session.data_to_send()[0], now=0.0).WhichOneof("body")
 'hello_ack'
 """
@@ -27,61 +27,43 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError, Message
 
-from sleap_rtc.auth.tokens import Claims, TokenError
 from sleap_rtc.worker.events import (
+    ClientAccepted,
+    ClientError,
+    ClientViolation,
     Event,
-    HelloAccepted,
-    JobAttachRequested,
-    JobControlRequested,
-    JobSubmitted,
-    PathCheckRequested,
-    PeerError,
-    ProtocolViolation,
+    RequestReceived,
     make_error,
     submit_violations,
 )
-from sleap_rtc_proto import rules
-from sleap_rtc_proto.codec import (
-    MAX_CONFIG_BYTES,
-    MAX_FRAME_BYTES,
-    MAX_MESSAGE_BYTES,
-    Envelope,
-    UnknownBody,
-    body_of,
-)
-from sleap_rtc_proto.errors import ProtocolError, UnsupportedVersion
+from sleap_rtc_proto import bodies
+from sleap_rtc_proto.codec import Envelope, UnknownBody, body_of
+from sleap_rtc_proto.errors import ProtocolError, SessionMisuse, UnsupportedVersion
+from sleap_rtc_proto.limits import MAX_CONFIG_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
 from sleap_rtc_proto.stream import MessageStream
-from sleap_rtc_proto.v1 import error_pb2, handshake_pb2, job_pb2, paths_pb2
+from sleap_rtc_proto.v1 import error_pb2, handshake_pb2, job_pb2
 from sleap_rtc_proto.versions import SUPPORTED, Version, VersionRange, negotiate
 
-__all__ = [
-    "WORKER_TO_CLIENT",
-    "Verifier",
-    "WorkerInfo",
-    "WorkerSession",
-]
+__all__ = ["TokenRefused", "Verifier", "WorkerInfo", "WorkerSession"]
 
-#: The first version with JobProgressBatch (feature "progress_batch").
-_BATCH_SINCE = Version(1, 1)
 
-#: Verifies a client's token; raises :class:`~sleap_rtc.auth.tokens.TokenError`.
-Verifier = Callable[[str], Claims]
+class TokenRefused(Exception):
+    """Raised by a :data:`Verifier` for a token it does not accept.
 
-#: Bodies only a worker sends; receiving one is ERROR_CODE_UNEXPECTED.
-WORKER_TO_CLIENT = frozenset(
-    {
-        "hello_ack",
-        "path_check_result",
-        "job_accepted",
-        "job_rejected",
-        "job_progress",
-        "job_progress_batch",
-        "job_log",
-        "job_complete",
-        "job_failed",
-        "job_status",
-    }
-)
+    Args:
+        reason: a stable short code (e.g. ``"expired"``), sent in the Error's details.
+        message: a human sentence naming the problem.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+#: Checks a client's Hello token and returns its subject (the user), or raises
+#: :class:`TokenRefused`. Injected by the adapter: the session knows no token format.
+Verifier = Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -103,7 +85,7 @@ class WorkerInfo:
     worker_id: str
     software: str = ""
     components: Mapping[str, str] = field(default_factory=dict)
-    features: Sequence[str] = ("fragments", "attach", "progress_batch")
+    features: Sequence[str] = bodies.DEFAULT_FEATURES
     mounts: Sequence[str] = ()
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -136,7 +118,7 @@ class WorkerSession:
 
     Args:
         info: what HelloAck reports.
-        verifier: checks the Hello token and returns its claims. ``None``
+        verifier: checks the Hello token and returns its subject. ``None``
             disables authentication (local development only); it must be
             passed explicitly.
         session_id: a name for this session in logs (the adapter makes one).
@@ -173,19 +155,20 @@ class WorkerSession:
         return frames
 
     def send(self, body: Message, *, correlation_id: int = 0) -> int:
-        """Queue ``body`` (fragmented when large); returns its message id.
+        """Queue ``body`` (fragmented when large), answering ``correlation_id`` if set;
+        returns its message id.
 
         Raises:
-            RuntimeError: before the handshake succeeded (only Errors may be
-                sent then, through the session itself).
+            SessionMisuse: before the handshake succeeded (only Errors may be
+                sent then, through the session itself), or ``body`` is one
+                only clients send.
         """
         if not self.authenticated:
-            raise RuntimeError("nothing but Errors may be sent before a successful Hello")
+            raise SessionMisuse("nothing but Errors may be sent before a successful Hello")
+        row = bodies.ROWS_BY_TYPE.get(body.DESCRIPTOR.full_name)
+        if row is None or row.name in bodies.CLIENT_ONLY:
+            raise SessionMisuse(f"{type(body).__name__} is not a body a worker sends")
         return self._queue(body, correlation_id)
-
-    def send_reply(self, correlation_id: int, body: Message) -> int:
-        """Queue the answer to the request ``correlation_id``."""
-        return self.send(body, correlation_id=correlation_id)
 
     def send_error(self, correlation_id: int, error: error_pb2.Error) -> int:
         """Queue an Error answering ``correlation_id`` (0: answers nothing known)."""
@@ -250,9 +233,9 @@ class WorkerSession:
         raw = exc.details.get("fragmented_message_id", "")
         return int(raw) if raw.isdigit() else 0
 
-    def _violation(self, correlation_id: int, error: error_pb2.Error) -> ProtocolViolation:
+    def _violation(self, correlation_id: int, error: error_pb2.Error) -> ClientViolation:
         self._queue(error, correlation_id)
-        return ProtocolViolation(correlation_id, error)
+        return ClientViolation(correlation_id=correlation_id, error=error)
 
     def _dispatch(self, envelope: Envelope) -> list[Event]:
         mid = envelope.message_id
@@ -262,7 +245,7 @@ class WorkerSession:
             if not self.authenticated:
                 return []
             assert isinstance(body, error_pb2.Error)
-            return [PeerError(envelope.correlation_id, body)]
+            return [ClientError(correlation_id=envelope.correlation_id, error=body)]
         if isinstance(body, handshake_pb2.Hello):
             return self._hello(mid, body)
         if not self.authenticated:
@@ -292,7 +275,7 @@ class WorkerSession:
                     ),
                 )
             ]
-        if name in WORKER_TO_CLIENT:
+        if name in bodies.WORKER_ONLY:
             return [
                 self._violation(
                     mid,
@@ -306,7 +289,22 @@ class WorkerSession:
         return self._request(mid, body)
 
     def _request(self, mid: int, body: Message | UnknownBody) -> list[Event]:
+        row = None if isinstance(body, UnknownBody) else bodies.ROWS_BY_TYPE.get(
+            body.DESCRIPTOR.full_name
+        )
+        if row is None or row.kind is not bodies.Kind.REQUEST:
+            return [
+                self._violation(
+                    mid,
+                    make_error(
+                        error_pb2.ERROR_CODE_UNEXPECTED,
+                        f"{type(body).__name__} is not a request this worker handles",
+                    ),
+                )
+            ]
+        assert isinstance(body, Message)
         if isinstance(body, job_pb2.JobSubmit):
+            # Rule violations of a submit are answered with JobRejected (job.proto).
             violations = submit_violations(body, max_config_bytes=self.info.max_config_bytes)
             if violations:
                 rejected = job_pb2.JobRejected(
@@ -320,43 +318,22 @@ class WorkerSession:
                     rejected.message,
                     details={"rule_id": violations[0].rule_id, "field": violations[0].field},
                 )
-                return [ProtocolViolation(mid, error)]
-            return [JobSubmitted(mid, body)]
-        checks: list[tuple[type[Message], Callable[[Message], list[rules.Violation]]]] = [
-            (paths_pb2.PathCheckRequest, rules.validate),
-            (job_pb2.JobControl, rules.validate),
-            (job_pb2.JobAttach, rules.validate),
-        ]
-        for kind, check in checks:
-            if isinstance(body, kind):
-                violations = check(body)
-                if violations:
-                    first = violations[0]
-                    return [
-                        self._violation(
-                            mid,
-                            make_error(
-                                error_pb2.ERROR_CODE_INVALID_ARGUMENT,
-                                "; ".join(v.message for v in violations),
-                                details={"rule_id": first.rule_id, "field": first.field},
-                            ),
-                        )
-                    ]
-        if isinstance(body, paths_pb2.PathCheckRequest):
-            return [PathCheckRequested(mid, body)]
-        if isinstance(body, job_pb2.JobControl):
-            return [JobControlRequested(mid, body)]
-        if isinstance(body, job_pb2.JobAttach):
-            return [JobAttachRequested(mid, body)]
-        return [
-            self._violation(
-                mid,
-                make_error(
-                    error_pb2.ERROR_CODE_UNEXPECTED,
-                    f"{type(body).__name__} is not a request this worker handles",
-                ),
-            )
-        ]
+                return [ClientViolation(correlation_id=mid, error=error)]
+        else:
+            violations = bodies.validate(body)
+            if violations:
+                first = violations[0]
+                return [
+                    self._violation(
+                        mid,
+                        make_error(
+                            error_pb2.ERROR_CODE_INVALID_ARGUMENT,
+                            "; ".join(v.message for v in violations),
+                            details={"rule_id": first.rule_id, "field": first.field},
+                        ),
+                    )
+                ]
+        return [RequestReceived(correlation_id=mid, name=row.name, body=body)]
 
     def _hello(self, mid: int, hello: handshake_pb2.Hello) -> list[Event]:
         if self.authenticated:
@@ -385,8 +362,8 @@ class WorkerSession:
         subject = ""
         if self._verifier is not None:
             try:
-                claims = self._verifier(hello.token)
-            except TokenError as exc:
+                subject = self._verifier(hello.token)
+            except TokenRefused as exc:
                 return [
                     self._violation(
                         mid,
@@ -407,15 +384,12 @@ class WorkerSession:
                         ),
                     )
                 ]
-            subject = claims.subject
         self.authenticated = True
         self.subject = subject
         self.chosen_version = chosen
         self._stream.version = chosen
         offered = set(self.info.features)
-        if chosen < _BATCH_SINCE:  # JobProgressBatch is a 1.1 body
-            offered.discard("progress_batch")
-        features = [f for f in hello.features if f in offered]
+        features = [f for f in bodies.features_for(chosen, hello.features) if f in offered]
         self.features = frozenset(features)
         ack = handshake_pb2.HelloAck(
             chosen_version=chosen.to_proto(),
@@ -431,4 +405,12 @@ class WorkerSession:
             mounts=list(self.info.mounts),
         )
         self._queue(ack, mid)
-        return [HelloAccepted(mid, subject, chosen, hello.client_name, hello.software)]
+        return [
+            ClientAccepted(
+                correlation_id=mid,
+                subject=subject,
+                chosen_version=chosen,
+                client_name=hello.client_name,
+                client_software=hello.software,
+            )
+        ]

@@ -37,6 +37,7 @@ from typing import Protocol
 import zmq
 import zmq.asyncio
 
+from sleap_rtc.worker.jobrecord import RunResult
 from sleap_rtc.worker.trainplan import (
     TrainPlan,
     build_command,
@@ -50,7 +51,6 @@ from sleap_rtc_proto.v1 import progress_pb2
 __all__ = [
     "LineSplitter",
     "RunLimits",
-    "RunResult",
     "RunSink",
     "TrainerRun",
     "list_outputs",
@@ -94,20 +94,6 @@ class RunLimits:
     max_line_chars: int = 4000
     stop_resend_s: float = 1.0
     poll_s: float = 0.1
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """How a run ended. ``failure_code`` is 0 for a completed run."""
-
-    completed: bool
-    failure_code: int = 0
-    exit_code: int | None = None
-    message: str = ""
-    stopped_early: bool = False
-    duration_s: float = 0.0
-    log_tail: tuple[str, ...] = ()
-    outputs: tuple[str, ...] = ()
 
 
 class RunSink(Protocol):
@@ -173,6 +159,11 @@ class TrainerRun:
         self._last_activity = 0.0
 
     # --- control ---------------------------------------------------------
+
+    @property
+    def log_tail(self) -> tuple[str, ...]:
+        """The last lines the trainer printed (at most ``limits.log_tail_lines``)."""
+        return tuple(self._tail)
 
     def stop(self) -> None:
         """Ask the trainer to stop after the current batch (sleap-nn's stop command)."""

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from sleap_rtc.worker.config_yaml import ConfigYamlError, parse_config_yaml
 from sleap_rtc.worker.mounts import MountPolicy, NotAbsolute, OutsideMounts
 from sleap_rtc_proto import rules
-from sleap_rtc_proto.codec import MAX_CONFIG_BYTES
+from sleap_rtc_proto.limits import MAX_CONFIG_BYTES
 from sleap_rtc_proto.v1 import job_pb2, spec_pb2
 
 V = job_pb2

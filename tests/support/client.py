@@ -8,13 +8,11 @@ import time
 from google.protobuf.message import Message
 
 from sleap_rtc.transport.link import Link
+from sleap_rtc_proto.bodies import JOB_EVENTS
 from sleap_rtc_proto.codec import Envelope, body_of
 from sleap_rtc_proto.stream import MessageStream
 from sleap_rtc_proto.v1 import handshake_pb2, job_pb2, progress_pb2
 from sleap_rtc_proto.versions import SUPPORTED, Version
-
-#: Envelope bodies that are numbered job messages.
-JOB_BODIES = ("job_progress", "job_progress_batch", "job_log", "job_complete", "job_failed")
 
 
 class RawClient:
@@ -84,7 +82,7 @@ class RawClient:
         """Every numbered job message received so far, by sequence (duplicates dropped)."""
         seen: dict[int, Message] = {}
         for envelope in self.inbox:
-            if envelope.WhichOneof("body") not in JOB_BODIES:
+            if envelope.WhichOneof("body") not in JOB_EVENTS:
                 continue
             body = body_of(envelope)
             items = list(body.items) if isinstance(body, progress_pb2.JobProgressBatch) else [body]

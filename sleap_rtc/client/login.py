@@ -1,4 +1,9 @@
-"""``sleap-rtc login``: browser login with a loopback callback, and JWKS fetching.
+"""Logging in, on the client side: browser login with a loopback callback, headless
+login with a passphrase, and JWKS fetching (``sleap-rtc login`` and the API use it).
+
+It talks to the signaling server as any client does (HTTP paths from
+:mod:`sleap_rtc.signaling.protocol`, the websocket through
+:class:`~sleap_rtc.signaling.client.SignalingClient`) and never imports the server.
 
 The flow (the native-app pattern of RFC 8252, with the token in the redirect):
 
@@ -34,11 +39,11 @@ from typing import Any
 from sleap_rtc.auth.store import StoredToken, TokenStore
 from sleap_rtc.auth.tokens import Claims, TokenError, TokenVerifier, write_private
 from sleap_rtc.signaling.client import SignalingClient, SignalingError
+from sleap_rtc.signaling.protocol import JWKS_PATH, LOGIN_PATH
 
 log = logging.getLogger(__name__)
 
-JWKS_PATH = "/.well-known/jwks.json"
-LOGIN_PATH = "/login"
+#: The path of the one-shot loopback listener the login page redirects to.
 CALLBACK_PATH = "/callback"
 DEFAULT_LOGIN_TIMEOUT_S = 300.0
 MAX_REQUEST_BYTES = 16 * 1024

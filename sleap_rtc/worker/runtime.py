@@ -1,6 +1,15 @@
-"""Glue between settings and the network: the worker's serving loop, the client's connector.
+"""The worker's runtime: register in the room, answer offers, serve each link.
 
-The CLI and the demo both use these; the sessions never see them.
+:func:`run_worker` is what ``sleap-rtc worker`` and the demo run: it keeps a
+signaling registration (re-registering with backoff after a drop, while jobs
+keep running), answers each client's WebRTC offer and hands the link to
+:meth:`WorkerService.serve <sleap_rtc.worker.service.WorkerService.serve>`,
+optionally recording it (``capture``). The busy/available status the room sees
+comes from :mod:`sleap_rtc.worker.status`.
+
+Failures a user must fix are typed (:class:`WorkerSetupError`,
+:class:`WorkerCredentialRefused`, :class:`RegistrationFailed`); the CLI maps
+them to exit codes (``sleap_rtc/cli/exits.py``).
 """
 
 from __future__ import annotations
@@ -9,169 +18,41 @@ import contextlib
 import functools
 import logging
 import platform
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from sleap_rtc.cli.exits import CliError, ExitCode
 
 if TYPE_CHECKING:
     import asyncio
 
     from sleap_rtc.auth.tokens import Claims, TokenVerifier
     from sleap_rtc.capture.recorder import CaptureWriter
-    from sleap_rtc.config.client import ClientSettings
     from sleap_rtc.config.worker import WorkerSettings
-    from sleap_rtc.signaling.client import PeerInfo, SignalingClient, SignalingError
     from sleap_rtc.transport.link import Link
     from sleap_rtc.worker.service import WorkerService
 
 log = logging.getLogger(__name__)
 
-#: The seed's message when the worker cannot be reached (the flow fails closed).
-UNREACHABLE_WORKER = "Could not connect to worker. Check that the worker is running."
+
+class WorkerRuntimeError(Exception):
+    """A failure of the worker's runtime that the user must fix; ``message`` is one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
-def signaling_failure(exc: SignalingError, settings_server: str, room: str) -> CliError:
-    """A SignalingError as the one line a user needs, with the right exit code."""
-    if exc.is_auth:
-        return CliError(
-            f"Login required: the signaling server refused the token for room {room!r} "
-            f"({exc.reason}). Run `sleap-rtc login --server {settings_server} --room {room}`.",
-            ExitCode.LOGIN_REQUIRED,
-        )
-    if exc.code in ("unreachable", "timeout", "closed"):
-        return CliError(f"{exc.reason}", ExitCode.UNREACHABLE)
-    if exc.code in ("unknown_room",):
-        return CliError(f"room {room!r}: {exc.reason}", ExitCode.UNREACHABLE)
-    return CliError(f"signaling server refused: {exc.reason} [{exc.code}]", ExitCode.FAILED)
+class WorkerSetupError(WorkerRuntimeError):
+    """The worker cannot start with these settings (keys file, service settings, capture)."""
 
 
-async def _client_signaling(settings: ClientSettings, token: str) -> SignalingClient:
-    from sleap_rtc.signaling.client import SignalingClient, SignalingError
-
-    try:
-        sig = await SignalingClient.connect(settings.server, timeout=settings.connect_timeout_s)
-    except SignalingError as exc:
-        raise signaling_failure(exc, settings.server, settings.room) from None
-    try:
-        await sig.register(room_id=settings.room, role="client", token=token)
-    except SignalingError as exc:
-        await sig.close()
-        raise signaling_failure(exc, settings.server, settings.room) from None
-    return sig
+class WorkerCredentialRefused(WorkerRuntimeError):
+    """The signaling server refused the worker credential (the room's worker key)."""
 
 
-async def list_workers(settings: ClientSettings, token: str) -> list[PeerInfo]:
-    """The workers registered in the settings' room."""
-    from sleap_rtc.signaling.client import SignalingError
-
-    sig = await _client_signaling(settings, token)
-    try:
-        return await sig.discover(role="worker")
-    except SignalingError as exc:
-        raise signaling_failure(exc, settings.server, settings.room) from None
-    finally:
-        await sig.close()
-
-
-async def find_worker(settings: ClientSettings, token: str) -> PeerInfo:
-    """The worker the settings name (peer id or name), or the only/first available one.
-
-    Raises:
-        CliError: exit 4 with the seed's message when no such worker is in the room.
-    """
-    workers = await list_workers(settings, token)
-    wanted = settings.worker
-    if wanted:
-        matches = [w for w in workers if w.peer_id == wanted] or [
-            w for w in workers if w.name == wanted
-        ]
-        if not matches:
-            names = ", ".join(sorted(w.name for w in workers)) or "none"
-            raise CliError(
-                f"{UNREACHABLE_WORKER} (no worker {wanted!r} in room {settings.room!r}; "
-                f"workers there: {names})",
-                ExitCode.UNREACHABLE,
-            )
-        return matches[0]
-    if not workers:
-        raise CliError(
-            f"{UNREACHABLE_WORKER} (no worker is registered in room {settings.room!r} "
-            f"on {settings.server})",
-            ExitCode.UNREACHABLE,
-        )
-    available = [w for w in workers if w.status in ("", "available")]
-    return (available or workers)[0]
-
-
-def connector(
-    settings: ClientSettings, token: str, worker: PeerInfo, *, capture: CaptureWriter | None = None
-) -> Callable[[], Awaitable[Link]]:
-    """A ``connect()`` for the client flow: each call opens a fresh WebRTC link."""
-    from sleap_rtc.signaling.client import SignalingError
-    from sleap_rtc.transport.channel import ConnectError
-    from sleap_rtc.transport.link import LinkClosed
-    from sleap_rtc.transport.webrtc import make_connector
-
-    opener = make_connector(
-        settings.server,
-        room_id=settings.room,
-        token=token,
-        worker_id=worker.peer_id,
-        loopback=settings.loopback,
-        timeout=settings.connect_timeout_s,
-    )
-
-    async def connect() -> Link:
-        try:
-            link: Link = await opener()
-        except SignalingError as exc:
-            if exc.is_auth:
-                raise signaling_failure(exc, settings.server, settings.room) from None
-            raise ConnectionError(f"{UNREACHABLE_WORKER} ({exc.reason})") from None
-        except (ConnectError, LinkClosed, OSError) as exc:
-            raise ConnectionError(f"{UNREACHABLE_WORKER} ({exc})") from None
-        if capture is not None:
-            link = wrap_capture(
-                link, capture, local_role="client", local_peer="client", remote_peer=worker.peer_id
-            )
-        return link
-
-    return connect
-
-
-def open_capture(path: Path | None) -> CaptureWriter | None:
-    """A capture writer for ``path`` (``--capture``), else ``$SLEAP_RTC_CAPTURE``, else None."""
-    from sleap_rtc.capture.recorder import CaptureWriter, capture_from_env
-
-    if path is None:
-        return capture_from_env()
-    try:
-        writer = CaptureWriter(path)
-    except OSError as exc:
-        raise CliError(f"cannot write the capture {path}: {exc}", ExitCode.USAGE) from None
-    return writer if writer.active else None
-
-
-def wrap_capture(
-    link: Link, writer: CaptureWriter, *, local_role: str, local_peer: str, remote_peer: str
-) -> Link:
-    """``link`` recorded into ``writer`` (one MCAP connection per link)."""
-    import uuid
-
-    wrapped: Link = writer.wrap(
-        link,
-        connection_id=uuid.uuid4().hex[:12],
-        local_peer=local_peer,
-        remote_peer=remote_peer,
-        local_role=local_role,
-    )
-    return wrapped
-
-
-# ----------------------------------------------------------------------------- worker
+class RegistrationFailed(WorkerRuntimeError):
+    """The first registration with the signaling server failed (unreachable, refused)."""
 
 
 @dataclass
@@ -246,7 +127,7 @@ class _Keys:
         try:
             self.verifier = TokenVerifier.from_jwks(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
-            raise CliError(f"cannot use jwks_file {path}: {exc}", ExitCode.USAGE) from None
+            raise WorkerSetupError(f"cannot use jwks_file {path}: {exc}") from None
 
     def update(self, jwks: dict[str, Any]) -> None:
         import json
@@ -295,30 +176,56 @@ def build_service(
     return WorkerService(config)
 
 
+def _open_capture(path: Path | None) -> CaptureWriter | None:
+    """A capture writer for ``path``, else ``$SLEAP_RTC_CAPTURE``, else None."""
+    from sleap_rtc.capture.recorder import CaptureWriter, capture_from_env
+
+    if path is None:
+        return capture_from_env()
+    try:
+        writer = CaptureWriter(path)
+    except OSError as exc:
+        raise WorkerSetupError(f"cannot write the capture {path}: {exc}") from None
+    return writer if writer.active else None
+
+
 async def run_worker(
     settings: WorkerSettings,
     credential: str,
     *,
     capture: Path | None = None,
-    ready_file: Path | None = None,
+    on_registered: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     say: Callable[[str], None] | None = None,
     runtime: WorkerRuntime | None = None,
-) -> int:
+) -> None:
     """Register in the room, answer offers, serve each link, until stopped.
 
-    The first signaling connection must succeed (exit 4 / 5 otherwise); later
-    drops are retried with backoff while jobs keep running. SIGINT/SIGTERM (or
-    ``stop``) end it cleanly: running jobs are stopped and temp configs removed.
+    The first signaling connection must succeed; later drops are retried with
+    backoff while jobs keep running. SIGINT/SIGTERM (or ``stop``) end it
+    cleanly: running jobs are stopped and temp configs removed.
+
+    Args:
+        capture: Record every link into this MCAP file (None: ``$SLEAP_RTC_CAPTURE``).
+        on_registered: Called with the worker's peer id after each registration.
+        stop: Ends the worker when set (None: SIGINT/SIGTERM do).
+        say: Where the one-line status messages go (stdout by default).
+        runtime: Filled in while serving (peer id, connections).
+
+    Raises:
+        WorkerSetupError: bad ``jwks_file``, settings the service refuses, an
+            unwritable capture.
+        WorkerCredentialRefused: the signaling server refused the credential.
+        RegistrationFailed: the first signaling connection or registration failed.
     """
     import asyncio
     import signal
+    import uuid
 
-    from sleap_rtc.cli.common import write_ready_file
-    from sleap_rtc.cli.status import StatusReporter
     from sleap_rtc.signaling.client import SignalingClient, SignalingError
     from sleap_rtc.transport.answerer import serve_links
     from sleap_rtc.transport.channel import DataChannelLink
+    from sleap_rtc.worker.status import StatusReporter
 
     out = say or _say
     state = runtime or WorkerRuntime()
@@ -331,8 +238,8 @@ async def run_worker(
         service = build_service(settings, keys.verify)
         await service.start()
     except ValueError as exc:
-        raise CliError(f"cannot start the worker: {exc}", ExitCode.USAGE) from None
-    writer = open_capture(capture)
+        raise WorkerSetupError(f"cannot start the worker: {exc}") from None
+    writer = _open_capture(capture)
     stopping = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -346,16 +253,16 @@ async def run_worker(
         state.connections += 1
         served: Link = link
         if writer is not None:
-            served = wrap_capture(
+            served = writer.wrap(
                 link,
-                writer,
-                local_role="worker",
+                connection_id=uuid.uuid4().hex[:12],
                 local_peer=state.peer_id,
                 remote_peer=link.peer_id,
+                local_role="worker",
             )
         await service.serve(served, peer_id=link.peer_id)
 
-    # Busy while every job slot is taken, available otherwise (see cli/status.py).
+    # Busy while every job slot is taken, available otherwise (see worker/status.py).
     status = StatusReporter(
         service,
         settings.concurrency,
@@ -379,7 +286,8 @@ async def run_worker(
                 f"{settings.signaling_url} as {reg.peer_id}; mounts: "
                 + ", ".join(f"{m.label}={m.path}" for m in settings.mounts)
             )
-            write_ready_file(ready_file, reg.peer_id)
+            if on_registered is not None:
+                on_registered(reg.peer_id)
             status_task = asyncio.ensure_future(status.run(sig))
             try:
                 await serve_links(
@@ -397,7 +305,6 @@ async def run_worker(
 
     first = True
     backoff = 1.0
-    code = ExitCode.OK
     try:
         while not stopping.is_set():
             task = asyncio.ensure_future(session())
@@ -416,15 +323,14 @@ async def run_worker(
                 backoff = 1.0
                 continue
             if isinstance(error, SignalingError) and error.is_auth:
-                raise CliError(
+                raise WorkerCredentialRefused(
                     f"the signaling server refused the worker credential for room "
-                    f"{settings.room!r}: {error.reason}",
-                    ExitCode.LOGIN_REQUIRED,
+                    f"{settings.room!r}: {error.reason}"
                 )
             if not isinstance(error, SignalingError | OSError):
                 raise error
             if first:
-                raise CliError(str(error), ExitCode.UNREACHABLE)
+                raise RegistrationFailed(str(error))
             out(f"signaling server unreachable ({error}); retrying in {backoff:.0f} s")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff):
@@ -437,7 +343,6 @@ async def run_worker(
         if writer is not None:
             await writer.aclose()
         out("worker stopped")
-    return int(code)
 
 
 def _say(text: str) -> None:
