@@ -395,3 +395,15 @@ def capture_from_env(environ: dict[str, str] | None = None, **kwargs: Any) -> Ca
     if not writer.active:
         return None
     return writer
+
+
+def open_capture(path: str | os.PathLike[str] | None) -> CaptureWriter | None:
+    """A capture writer for ``path``, else for ``$SLEAP_RTC_CAPTURE``, else None.
+
+    Raises:
+        OSError: the capture file cannot be created.
+    """
+    if path is None:
+        return capture_from_env()
+    writer = CaptureWriter(path)
+    return writer if writer.active else None

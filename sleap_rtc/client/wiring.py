@@ -233,15 +233,12 @@ def open_capture(path: str | Path | None) -> CaptureWriter | None:
     Raises:
         CaptureUnwritable: ``path`` cannot be created.
     """
-    from sleap_rtc.capture.recorder import CaptureWriter, capture_from_env
+    from sleap_rtc.capture import recorder
 
-    if path is None:
-        return capture_from_env()
     try:
-        writer = CaptureWriter(path)
+        return recorder.open_capture(path)
     except OSError as exc:
         raise CaptureUnwritable(f"cannot write the capture {path}: {exc}") from None
-    return writer if writer.active else None
 
 
 def wrap_capture(link: Link, writer: CaptureWriter, *, remote_peer: str) -> Link:

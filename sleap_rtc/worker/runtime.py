@@ -178,15 +178,12 @@ def build_service(
 
 def _open_capture(path: Path | None) -> CaptureWriter | None:
     """A capture writer for ``path``, else ``$SLEAP_RTC_CAPTURE``, else None."""
-    from sleap_rtc.capture.recorder import CaptureWriter, capture_from_env
+    from sleap_rtc.capture import recorder
 
-    if path is None:
-        return capture_from_env()
     try:
-        writer = CaptureWriter(path)
+        return recorder.open_capture(path)
     except OSError as exc:
         raise WorkerSetupError(f"cannot write the capture {path}: {exc}") from None
-    return writer if writer.active else None
 
 
 async def run_worker(
