@@ -89,14 +89,6 @@ def test_hello_carries_token_versions_and_software() -> None:
     assert session.state is SessionState.HELLO_SENT
 
 
-def test_hello_accepted_sets_ready_and_version() -> None:
-    session, _ = ready_session()
-    assert session.ready
-    assert session.chosen_version == SUPPORTED.max
-    assert session.mounts == ("/mnt/lab",)
-    assert session.hello_ack is not None and session.hello_ack.worker_id == "w1"
-
-
 def test_requests_before_hello_are_misuse() -> None:
     session = ClientSession()
     with pytest.raises(SessionMisuse):
@@ -300,21 +292,6 @@ def test_progress_before_hello_is_ignored() -> None:
     assert isinstance(event, WorkerViolation) and event.reason == "before_hello"
 
 
-def test_large_answer_is_reassembled_from_fragments() -> None:
-    session, worker = ready_session()
-    out = check(session, now=0.0)
-    result = paths_pb2.PathCheckResult(
-        videos=[paths_pb2.VideoCheck(index=i, original_path=f"/v/{i:06d}" + "x" * 400)
-                for i in range(2000)]
-    )
-    frames = worker.send(result, out)
-    assert len(frames) > 1
-    events = feed(session, frames)
-    assert len(events) == 1 and isinstance(events[0], AnswerReceived)
-    assert isinstance(events[0].body, paths_pb2.PathCheckResult)
-    assert len(events[0].body.videos) == 2000
-
-
 def test_stale_fragments_expire_through_timeouts() -> None:
     session, worker = ready_session()
     result = paths_pb2.PathCheckResult(
@@ -374,81 +351,6 @@ def test_any_answer_sequence_keeps_correlation_consistent(
     assert (out in session.pending) == (answered == 0)
 
 
-# ----------------------------------------------------------------------------- the asyncio adapter
-
-
-def _adapter_pair() -> tuple[Any, Any, Worker]:
-    from sleap_rtc.client.connection import WorkerConnection
-    from sleap_rtc.transport.link import memory_link_pair
-
-    client_end, worker_end = memory_link_pair()
-    return WorkerConnection(client_end, ClientSession(default_timeout_s=0.3)), worker_end, Worker()
-
-
-async def _answer_hello(worker_end: Any, worker: Worker) -> None:
-    [hello] = worker.read([await worker_end.recv()])
-    for frame in worker.send(ack(), hello.message_id):
-        await worker_end.send(frame)
-
-
-def test_adapter_timeout_then_late_answer_is_ignored() -> None:
-    import asyncio
-
-    from sleap_rtc.client.connection import RequestTimeout
-
-    async def main() -> None:
-        conn, worker_end, worker = _adapter_pair()
-        async with conn:
-            hello = asyncio.create_task(conn.hello())
-            await _answer_hello(worker_end, worker)
-            await hello
-            check = asyncio.create_task(conn.check_paths("/l.slp"))
-            [req] = worker.read([await worker_end.recv()])
-            with pytest.raises(RequestTimeout):
-                await check
-            for frame in worker.send(paths_pb2.PathCheckResult(), req.message_id):
-                await worker_end.send(frame)
-            await asyncio.sleep(0.05)
-            assert conn.violations[-1].reason == "late"
-            assert conn.session.pending == {}
-
-    asyncio.run(asyncio.wait_for(main(), 10))
-
-
-def test_adapter_link_closed_mid_request_and_events_iterator() -> None:
-    import asyncio
-
-    from sleap_rtc.client.connection import ConnectionLost
-
-    async def main() -> None:
-        conn, worker_end, worker = _adapter_pair()
-        hello = asyncio.create_task(conn.hello())
-        await _answer_hello(worker_end, worker)
-        await hello
-        for body in (
-            progress_pb2.JobProgress(job_id="other", sequence=1),
-            progress_pb2.JobProgress(job_id="j", sequence=1),
-            progress_pb2.JobLog(job_id="j", sequence=2, lines=["x"]),
-            progress_pb2.JobComplete(job_id="j", sequence=3),
-        ):
-            for frame in worker.send(body):
-                await worker_end.send(frame)
-        got = [type(e).__name__ async for e in conn.events("j", idle_timeout_s=2)]
-        assert got == ["ProgressReceived", "LogReceived", "JobCompleted"]
-        check = asyncio.create_task(conn.check_paths("/l.slp", timeout_s=5))
-        await worker_end.recv()
-        await worker_end.close()
-        with pytest.raises(ConnectionLost):
-            await check
-        with pytest.raises(ConnectionLost):
-            await conn.next_event(timeout_s=1)
-        with pytest.raises(ConnectionLost):
-            await conn.attach("j")
-        await conn.close()
-
-    asyncio.run(asyncio.wait_for(main(), 10))
-
-
 # -- JobProgressBatch (protocol 1.1, feature "progress_batch") ----------------------------------
 
 
@@ -473,26 +375,6 @@ def test_hello_announces_progress_batch_by_default() -> None:
     session.hello(now=0.0)
     [env] = Worker().read(session.data_to_send())
     assert "progress_batch" not in env.hello.features
-
-
-def test_batch_becomes_one_progress_event_per_item_in_order() -> None:
-    session, worker = ready_session()
-    batch = _batch(1, 2, 3)
-    frames = (
-        worker.send(batch)
-        + worker.send(progress_pb2.JobLog(job_id="j", sequence=4, lines=["x"]))
-        + worker.send(_batch(5, 6))
-        + worker.send(progress_pb2.JobProgress(job_id="j", sequence=7))
-    )
-    events = feed(session, frames)
-    assert [type(e) for e in events] == [ProgressReceived] * 3 + [LogReceived] + [
-        ProgressReceived
-    ] * 3
-    seqs = [e.progress.sequence if isinstance(e, ProgressReceived) else e.log.sequence
-            for e in events if isinstance(e, ProgressReceived | LogReceived)]
-    assert seqs == [1, 2, 3, 4, 5, 6, 7]
-    first = events[0]
-    assert isinstance(first, ProgressReceived) and first.progress == batch.items[0]
 
 
 def test_batch_before_hello_is_a_violation() -> None:

@@ -194,6 +194,24 @@ def test_a_large_answer_crosses_in_fragments_in_any_order() -> None:
     assert isinstance(answer.body, paths_pb2.PathCheckResult) and len(answer.body.videos) == 4000
 
 
+def test_a_large_request_crosses_in_reordered_fragments_with_its_correlation() -> None:
+    pair = SessionPair()
+    pair.handshake()
+    big = "model_config: {}\n" + "# pad\n" * 60_000  # ~360 KB: two frames or more
+    from sleap_rtc_proto.v1 import spec_pb2
+
+    submit = job_pb2.JobSubmit(
+        job_id="j", spec=spec_pb2.TrainJobSpec(labels_path="/mnt/l.slp", config_content=big)
+    )
+    cid = pair.client.request(submit, now=0.0)
+    pair.pump()
+    count = len(pair.in_flight["worker"])
+    assert count >= 2
+    [event] = pair.deliver("worker", order=list(reversed(range(count))))
+    assert isinstance(event, RequestReceived) and event.correlation_id == cid
+    assert isinstance(event.body, job_pb2.JobSubmit) and event.body.spec.config_content == big
+
+
 def test_a_lost_fragment_expires_on_the_worker_with_a_typed_error() -> None:
     pair = SessionPair()
     pair.handshake()

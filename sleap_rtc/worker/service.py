@@ -1,6 +1,8 @@
-"""The worker's asyncio adapter: one :class:`WorkerService`, one ``serve(link)`` per connection.
+"""The worker's service: one :class:`WorkerService`, one ``serve(link)`` per connection.
 
-It only feeds things: each link to a
+Not a thin adapter: besides the asyncio wiring it holds the request handlers
+(one per request body, :attr:`WorkerService._handlers`) and the policy that
+needs worker state (job ownership, path checks in flight). It feeds each link to a
 :class:`~sleap_rtc.worker.connection.Connection` (which pumps frames through a
 :class:`~sleap_rtc.worker.session.WorkerSession`), path checks into a thread
 (:class:`~sleap_rtc.worker.pathcheck.PathChecker`), submits into the
