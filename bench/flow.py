@@ -35,7 +35,8 @@ from sleap_rtc.client.session import ClientSession
 from sleap_rtc.client.timeouts import FlowTimeouts
 from sleap_rtc.transport.link import memory_link_pair
 from sleap_rtc.worker.batching import coalesce
-from sleap_rtc.worker.service import WorkerConfig, WorkerService
+from sleap_rtc.worker.service import WorkerService
+from sleap_rtc.worker.serviceconfig import WorkerConfig
 from sleap_rtc_proto.stream import MessageStream
 from sleap_rtc_proto.v1 import progress_pb2
 

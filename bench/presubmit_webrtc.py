@@ -36,7 +36,8 @@ from sleap_rtc.signaling.server import serve_signaling
 from sleap_rtc.transport.answerer import serve_links
 from sleap_rtc.transport.channel import DataChannelLink
 from sleap_rtc.transport.webrtc import make_connector
-from sleap_rtc.worker.service import WorkerConfig, WorkerService
+from sleap_rtc.worker.service import WorkerService
+from sleap_rtc.worker.serviceconfig import WorkerConfig
 
 REPEATS = 20
 WARMUP = 2

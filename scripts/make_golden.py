@@ -115,7 +115,7 @@ def _bodies() -> dict[str, tuple[object, int]]:
         path="/mnt/lab/labels.h5",
         line=0,
     )
-    return {
+    bodies: dict[str, tuple[object, int]] = {
         "hello": (
             handshake_pb2.Hello(
                 min_version=version_pb2.ProtocolVersion(major=1, minor=0),
@@ -298,6 +298,57 @@ def _bodies() -> dict[str, tuple[object, int]]:
                 ]
             ),
             0,
+        ),
+    }
+    if CURRENT >= (1, 2):
+        bodies.update(_v1_2_bodies())
+    return bodies
+
+
+def _v1_2_bodies() -> dict[str, tuple[object, int]]:
+    """Variants showing the 1.2 fields (client file facts, labels suggestions, refusals)."""
+    return {
+        "path_check_request--client_files": (
+            paths_pb2.PathCheckRequest(
+                labels_path="/Volumes/lab-share/mice/labels.v003.slp",
+                prefix_mappings={"/Volumes/lab-share/mice": "/mnt/lab-share/mice"},
+                client_files=[
+                    paths_pb2.ClientFile(
+                        path="/Volumes/lab-share/mice/videos/day1.mp4",
+                        size=1_048_576,
+                        mtime_ns=1_767_225_000_000_000_000,
+                    )
+                ],
+            ),
+            0,
+        ),
+        "path_check_result--labels_suggestions": (
+            paths_pb2.PathCheckResult(
+                labels=paths_pb2.PathEntry(
+                    original_path="/Volumes/lab-share/mice/labels.v003.slp",
+                    status=paths_pb2.PATH_STATUS_OUTSIDE_MOUNTS,
+                    detail="/Volumes/lab-share/mice/labels.v003.slp is not under the worker's "
+                    "shared storage (/mnt/lab-share)",
+                    suggestions=[
+                        paths_pb2.Suggestion(
+                            worker_path="/mnt/lab-share/mice/labels.v003.slp",
+                            reason=paths_pb2.SUGGESTION_REASON_SAME_NAME,
+                            score=0.75,
+                            explanation="same name and folder tail 'lab-share/mice'",
+                        )
+                    ],
+                ),
+                refused_mappings=[
+                    paths_pb2.MappingRefusal(
+                        kind=paths_pb2.MAPPING_KIND_PREFIX,
+                        original="/Volumes",
+                        worker="/mnt",
+                        reason="/mnt lies outside the worker's shared storage (/mnt/lab-share)",
+                    )
+                ],
+                mounts=["/mnt/lab-share"],
+            ),
+            5,
         ),
     }
 

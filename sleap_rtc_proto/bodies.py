@@ -8,8 +8,8 @@ codec's body list, both sessions' dispatch sets, the rules dispatch
 golden vectors a version must have. A test keeps the table and the schema's
 ``Envelope.body`` oneof in step.
 
->>> ROWS["job_status"].answers
-frozenset({'job_attach', 'job_control'})
+>>> sorted(ROWS["job_status"].answers)
+['job_attach', 'job_control']
 >>> sorted(answers_to("job_submit"))
 ['error', 'job_accepted', 'job_rejected']
 >>> sorted(features_for(Version(1, 0), ["progress_batch", "attach", "shiny"]))
@@ -71,10 +71,28 @@ class Feature(StrEnum):
     FRAGMENTS = "fragments"
     ATTACH = "attach"
     PROGRESS_BATCH = "progress_batch"
+    #: 1.2: PathEntry.suggestions for a labels file that is not found.
+    LABELS_SUGGESTIONS = "labels_suggestions"
+    #: 1.2: PathCheckRequest.client_files (the client's sizes and mtimes).
+    CLIENT_FILE_FACTS = "client_file_facts"
 
 
 _V1_0 = Version(1, 0)
 _V1_1 = Version(1, 1)
+_V1_2 = Version(1, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldFeature:
+    """A field added to an existing body behind a feature (a newer minor).
+
+    The body's sender sets the field only when ``feature`` is in effect; a peer
+    without it never sees it set (and would skip it as an unknown field).
+    """
+
+    field: str
+    feature: Feature
+    since: Version
 
 #: A validator: every rule a body breaks (ids in :data:`sleap_rtc_proto.rules.RULES`).
 Validator = Callable[[Message], list[rules.Violation]]
@@ -93,6 +111,7 @@ class BodySpec:
         validator: the body's protocol rules (``None``: no rules beyond protobuf).
         since: the first protocol version with this body.
         feature: the feature that must be in effect to send it (``None``: always).
+        fields: fields added later behind a feature (see :class:`FieldFeature`).
     """
 
     name: str
@@ -103,6 +122,7 @@ class BodySpec:
     validator: Validator | None = None
     since: Version = _V1_0
     feature: Feature | None = None
+    fields: tuple[FieldFeature, ...] = ()
 
     @property
     def full_name(self) -> str:
@@ -131,6 +151,7 @@ BODIES: tuple[BodySpec, ...] = (
         sender=Sender.CLIENT,
         kind=Kind.REQUEST,
         validator=_rule(rules.validate_path_check_request),
+        fields=(FieldFeature("client_files", Feature.CLIENT_FILE_FACTS, _V1_2),),
     ),
     BodySpec(
         name="path_check_result",
@@ -138,6 +159,7 @@ BODIES: tuple[BodySpec, ...] = (
         sender=Sender.WORKER,
         kind=Kind.ANSWER,
         answers=frozenset({"path_check_request"}),
+        fields=(FieldFeature("labels.suggestions", Feature.LABELS_SUGGESTIONS, _V1_2),),
     ),
     BodySpec(
         name="job_submit",
@@ -256,9 +278,15 @@ def answers_to(request: str) -> frozenset[str]:
     return frozenset(r.name for r in BODIES if request in r.answers) | {"error"}
 
 
-#: The version that introduced each feature (the latest ``since`` of its rows).
+#: The version that introduced each feature (the latest ``since`` of its rows and fields).
 FEATURE_SINCE: dict[Feature, Version] = {
-    feature: max((r.since for r in BODIES if r.feature is feature), default=_V1_0)
+    feature: max(
+        [
+            *(r.since for r in BODIES if r.feature is feature),
+            *(f.since for r in BODIES for f in r.fields if f.feature is feature),
+        ],
+        default=_V1_0,
+    )
     for feature in Feature
 }
 

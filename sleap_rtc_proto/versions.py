@@ -35,8 +35,9 @@ class VersionRange(NamedTuple):
         return f"{self.min}..{self.max}"
 
 
-#: The version this code writes: schema package v1; 1.1 added JobProgressBatch.
-CURRENT = Version(1, 1)
+#: The version this code writes: schema package v1; 1.1 added JobProgressBatch; 1.2 added
+#: labels-file suggestions, client file facts, the REFUSED status and mapping refusals.
+CURRENT = Version(1, 2)
 #: The versions this code reads and negotiates.
 SUPPORTED = VersionRange(Version(1, 0), CURRENT)
 

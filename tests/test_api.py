@@ -22,7 +22,8 @@ from sleap_rtc.client.timeouts import FlowTimeouts
 from sleap_rtc.gui import runners
 from sleap_rtc.jobs.spec import TrainJobSpec
 from sleap_rtc.transport.link import MemoryLink, memory_link_pair
-from sleap_rtc.worker.service import WorkerConfig, WorkerService
+from sleap_rtc.worker.service import WorkerService
+from sleap_rtc.worker.serviceconfig import WorkerConfig
 from sleap_rtc.worker.trainer import RunLimits
 
 FAKE = Path(__file__).parent / "support" / "fake_sleap_nn.py"

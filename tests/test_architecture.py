@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: (``__version__``); each other entry covers a package or module and everything in it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("protocol", ("sleap_rtc_proto",)),
-    ("auth and config", ("sleap_rtc", "sleap_rtc.auth", "sleap_rtc.config")),
+    ("auth and config", ("sleap_rtc", "sleap_rtc.auth", "sleap_rtc.config", "sleap_rtc.paths")),
     ("transport and signaling", ("sleap_rtc.transport", "sleap_rtc.signaling")),
     (
         "sessions and services",

@@ -77,7 +77,7 @@ kinds = st.sampled_from(["progress", "log", "complete"])
     st.integers(2, 20),
     st.integers(1, 4000),
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=2 * settings.default.max_examples, deadline=None)
 def test_order_content_and_sizes(
     spec: list[tuple[str, int, int]], max_items: int, max_bytes: int
 ) -> None:

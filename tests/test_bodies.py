@@ -79,6 +79,22 @@ def test_versions_and_features() -> None:
             assert FEATURE_SINCE[row.feature] >= row.since
 
 
+def test_fields_added_behind_a_feature() -> None:
+    """1.2 adds fields, not bodies: the table names them, and the feature's version follows."""
+    assert FEATURE_SINCE[Feature.LABELS_SUGGESTIONS] == Version(1, 2)
+    assert FEATURE_SINCE[Feature.CLIENT_FILE_FACTS] == Version(1, 2)
+    assert features_for(Version(1, 1), ["client_file_facts", "labels_suggestions"]) == []
+    assert features_for(Version(1, 2), ["client_file_facts"]) == ["client_file_facts"]
+    for row in BODIES:
+        for field in row.fields:
+            message = row.message()
+            head, _, tail = field.field.partition(".")
+            descriptor = message.DESCRIPTOR.fields_by_name[head]  # the field exists
+            if tail:
+                assert tail in descriptor.message_type.fields_by_name
+            assert field.since > row.since and field.since <= CURRENT
+
+
 @pytest.mark.parametrize(
     "version", sorted(p.name for p in GOLDEN.iterdir() if p.is_dir() and p.name.startswith("v"))
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from pathlib import Path
@@ -392,7 +393,9 @@ def read_everything(data: bytes, tmp: Path) -> None:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=3 * settings.default.max_examples // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.binary(max_size=2048), with_magic=st.booleans())
 def test_random_bytes_only_raise_the_typed_error(
@@ -413,7 +416,9 @@ def _valid_capture(tmp: Path) -> bytes:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=3 * settings.default.max_examples // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(st.data())
 def test_damaged_real_captures_never_raise(tmp_path: Path, data: st.DataObject) -> None:
@@ -443,7 +448,20 @@ def test_converters_match_json_format_on_golden_messages() -> None:
         assert json.loads(compile_json(dynamic.DESCRIPTOR, {})(dynamic)) == expected
 
 
-@settings(max_examples=200, deadline=None)
+@functools.cache
+def _envelope_schema() -> Any:
+    return load_schema(ENVELOPE, "protobuf", fmt.envelope_file_descriptor_set())
+
+
+#: Converters compiled once for every example of test_fast_json_equals_json_format: they
+#: are generated code that depends on the message type only, not on the values, and
+#: compiling them anew per example was most of the test's time (the golden-message test
+#: above still compiles them from scratch).
+_DICTS: dict[str, Any] = {}
+_JSONS: dict[str, Any] = {}
+
+
+@settings(max_examples=2 * settings.default.max_examples, deadline=None)
 @given(
     loss=st.floats(allow_nan=True, allow_infinity=True),
     epoch=st.one_of(st.none(), st.integers(0, 2**32 - 1)),
@@ -455,7 +473,7 @@ def test_converters_match_json_format_on_golden_messages() -> None:
 def test_fast_json_equals_json_format(
     loss: float, epoch: int | None, text: str, seq: int, flag: bool, lr: float | None
 ) -> None:
-    schema = load_schema(ENVELOPE, "protobuf", fmt.envelope_file_descriptor_set())
+    schema = _envelope_schema()
     env: Any = schema.message_class(message_id=1)
     env.version.major = 1
     env.job_progress.job_id = text
@@ -473,8 +491,8 @@ def test_fast_json_equals_json_format(
     ack.job_accepted.warnings.extend([text, text])
     for message in (env, sub, ack):
         expected = json_format.MessageToDict(message, preserving_proto_field_name=True)
-        assert to_dict(message) == expected
-        assert json.loads(compile_json(message.DESCRIPTOR, {})(message)) == expected
+        assert to_dict(message, _DICTS) == expected
+        assert json.loads(compile_json(message.DESCRIPTOR, _JSONS)(message)) == expected
 
 
 def test_load_schema_errors() -> None:

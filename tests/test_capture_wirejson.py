@@ -129,8 +129,14 @@ _values: dict[str, Any] = {
 }
 
 
+#: Decoders compiled once for all examples of the property tests below: generated code
+#: that depends on the message type only, and compiling it anew per example was most of
+#: their time (the example-based tests still compile theirs from scratch).
+_DECODERS: dict[str, Any] = {}
+
+
 def _wire(message: Any) -> str | None:
-    convert = compile_wire_json(message.DESCRIPTOR, {})
+    convert = compile_wire_json(message.DESCRIPTOR, _DECODERS)
     data = message.SerializeToString()
     return convert(data, 0, len(data))
 
@@ -146,7 +152,7 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=3 * settings.default.max_examples, deadline=None)
 @given(data=st.data())
 def test_wire_json_equals_json_format_on_every_type(data: st.DataObject) -> None:
     message = ALL()
@@ -181,7 +187,7 @@ def test_wire_json_equals_json_format_on_every_type(data: st.DataObject) -> None
     assert _same(json.loads(got), expected)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=4 * settings.default.max_examples, deadline=None)
 @given(data=st.data())
 def test_wire_json_on_damaged_bytes_is_json_format_or_nothing(data: st.DataObject) -> None:
     message = ALL(i32=-5, u64=2**40, st="héllo", by=b"\x00\xff", fl=1.5, color=1, maybe=0)
@@ -203,7 +209,7 @@ def test_wire_json_on_damaged_bytes_is_json_format_or_nothing(data: st.DataObjec
             cut = data.draw(st.integers(1, len(blob) - 1))
             blob = blob[cut:] + blob[:cut]
     raw = bytes(blob)
-    convert = compile_wire_json(ALL.DESCRIPTOR, {})
+    convert = compile_wire_json(ALL.DESCRIPTOR, _DECODERS)
     try:
         got = convert(raw, 0, len(raw))
     except (IndexError, ValueError, UnicodeDecodeError, struct.error):

@@ -316,3 +316,71 @@ def _parser_with(
         return parser
 
     return build
+
+
+def test_reattach_errors_map_to_exit_codes() -> None:
+    from sleap_rtc.cli.exits import typed_exit
+    from sleap_rtc.client import reattach
+
+    cases = {
+        reattach.ReattachUnreachable: ExitCode.UNREACHABLE,
+        reattach.ReattachLoginRequired: ExitCode.LOGIN_REQUIRED,
+        reattach.ReattachRefused: ExitCode.FAILED,
+    }
+    for kind, code in cases.items():
+        mapped = typed_exit(kind("why it failed"))
+        assert mapped is not None and mapped.code == code, kind
+        assert mapped.message == "why it failed"
+
+
+def test_train_reattach_to_a_job_that_failed_while_nobody_watched(tmp_path: Path) -> None:
+    """`train --job-id` after a worker restart: the job's JobFailed, not a new training."""
+    import asyncio
+
+    from sleap_rtc.cli.exits import CliError
+    from sleap_rtc.cli.train_cmd import reattach
+    from sleap_rtc.transport.link import memory_link_pair
+    from sleap_rtc.worker.jobrecord import RunResult
+    from sleap_rtc.worker.service import WorkerService
+    from sleap_rtc.worker.serviceconfig import WorkerConfig
+    from sleap_rtc_proto.v1 import progress_pb2
+
+    async def main() -> CliError:
+        (tmp_path / "mnt").mkdir()
+        service = WorkerService(
+            WorkerConfig(mounts=[tmp_path / "mnt"], state_dir=tmp_path / "state", verifier=None,
+                         build_index=False)
+        )
+        await service.start()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            from sleap_rtc.worker.jobrecord import Job
+            from sleap_rtc.worker.trainplan import TrainPlan
+            from sleap_rtc_proto.v1 import job_pb2
+
+            plan = TrainPlan(tmp_path / "c.yaml", "l.slp", tmp_path / "mnt", "job-9")
+            job = Job(job_id="job-9", spec_hash="x", owner="", accepted=job_pb2.JobAccepted(
+                job_id="job-9"), plan=plan, store=service.registry.store)
+            job.finish(RunResult(completed=False,
+                                 failure_code=progress_pb2.FAILURE_CODE_WORKER_SHUTDOWN,
+                                 message="the worker stopped while this job ran"))
+            service.registry.remember(job)
+
+            async def connect() -> Any:
+                client_end, worker_end = memory_link_pair()
+                tasks.append(asyncio.create_task(service.serve(worker_end)))
+                return client_end
+
+            with pytest.raises(CliError) as info:
+                await reattach("", "job-9", [], connect, lambda: False)
+            assert await reattach("", "job-unknown", [], connect, lambda: False) is None
+            return info.value
+        finally:
+            await service.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    error = asyncio.run(main())
+    assert error.code == ExitCode.FAILED
+    assert "Training failed: the worker stopped while this job ran" in error.message

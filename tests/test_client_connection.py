@@ -30,7 +30,9 @@ class Worker:
 
 
 def ack() -> handshake_pb2.HelloAck:
-    return handshake_pb2.HelloAck(chosen_version=SUPPORTED.max.to_proto(), worker_id="w1")
+    return handshake_pb2.HelloAck(
+        chosen_version=SUPPORTED.max.to_proto(), worker_id="w1", features=["attach"]
+    )
 
 
 def _adapter_pair() -> tuple[Any, Any, Worker]:

@@ -46,6 +46,7 @@ class Worker:
 
 def ack(**kw: Any) -> handshake_pb2.HelloAck:
     kw.setdefault("chosen_version", SUPPORTED.max.to_proto())
+    kw.setdefault("features", ["fragments", "attach", "progress_batch"])
     kw.setdefault("worker_id", "w1")
     return handshake_pb2.HelloAck(**kw)
 
@@ -304,7 +305,11 @@ def test_stale_fragments_expire_through_timeouts() -> None:
     assert any(isinstance(e, WorkerViolation) and e.reason == "fragment" for e in events)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=3 * settings.default.max_examples,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(st.lists(st.binary(max_size=300), max_size=8))
 def test_receive_never_raises_on_arbitrary_bytes(frames: list[bytes]) -> None:
     session, worker = ready_session()
@@ -333,7 +338,7 @@ _bodies = st.sampled_from([
 ])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=3 * settings.default.max_examples, deadline=None)
 @given(st.lists(st.tuples(_bodies, st.integers(min_value=0, max_value=6)), max_size=12))
 def test_any_answer_sequence_keeps_correlation_consistent(
     answers: list[tuple[Message, int]],
@@ -401,7 +406,9 @@ def test_empty_or_garbage_batch_is_a_typed_violation() -> None:
 
 
 @given(st.lists(st.lists(st.integers(1, 10_000), min_size=1, max_size=5), max_size=20))
-@settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=settings.default.max_examples // 2, suppress_health_check=[HealthCheck.too_slow]
+)
 def test_batches_and_singles_arrive_as_the_items_in_order(groups: list[list[int]]) -> None:
     session, worker = ready_session()
     frames: list[bytes] = []

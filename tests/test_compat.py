@@ -306,3 +306,62 @@ def test_compat_gate_passes() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert list((ROOT / "compat" / "baselines").glob("*.binpb"))
+
+
+# -- protocol 1.2 against a 1.1 peer ------------------------------------------------------------
+
+
+def _release_classes(version: str) -> dict[str, type[Message]]:
+    """The message classes of a released schema, from its baseline image (no bindings)."""
+    image = descriptor_pb2.FileDescriptorSet.FromString(
+        (ROOT / "compat" / "baselines" / f"{version}.binpb").read_bytes()
+    )
+    pool = descriptor_pool.DescriptorPool()
+    for file in image.file:
+        pool.Add(file)
+    names = ("PathCheckRequest", "PathCheckResult")
+    return {
+        n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"sleap_rtc_proto.v1.{n}"))
+        for n in names
+    }
+
+
+def test_a_1_1_peer_reads_a_1_2_path_check_and_a_1_2_worker_reads_a_1_1_request() -> None:
+    old = _release_classes("v1.1")
+    result = paths_pb2.PathCheckResult(
+        labels=paths_pb2.PathEntry(
+            original_path="/Volumes/s/l.slp",
+            status=paths_pb2.PATH_STATUS_OUTSIDE_MOUNTS,
+            detail="not under the worker's shared storage (/mnt/s)",
+            suggestions=[paths_pb2.Suggestion(worker_path="/mnt/s/l.slp", score=0.7)],
+        ),
+        videos=[paths_pb2.VideoCheck(index=0, status=paths_pb2.PATH_STATUS_REFUSED)],
+        refused_mappings=[paths_pb2.MappingRefusal(original="/Volumes", worker="/mnt")],
+        mounts=["/mnt/s"],
+    )
+    seen = old["PathCheckResult"].FromString(result.SerializeToString())
+    assert seen.labels.original_path == "/Volumes/s/l.slp"  # type: ignore[attr-defined]
+    assert seen.labels.detail.startswith("not under")  # type: ignore[attr-defined]
+    assert list(seen.mounts) == ["/mnt/s"]  # type: ignore[attr-defined]
+    # The new status is an unknown value there: not FOUND, so the old client does not pass.
+    assert seen.videos[0].status == paths_pb2.PATH_STATUS_REFUSED  # type: ignore[attr-defined]
+    request = old["PathCheckRequest"](labels_path="/mnt/s/l.slp", prefix_mappings={"/a": "/mnt/s"})
+    today = paths_pb2.PathCheckRequest.FromString(request.SerializeToString())
+    assert today.labels_path == "/mnt/s/l.slp" and not today.client_files
+    facts = paths_pb2.PathCheckRequest(
+        labels_path="/x", client_files=[paths_pb2.ClientFile(path="/x/a.mp4", size=3)]
+    )
+    assert old["PathCheckRequest"].FromString(facts.SerializeToString()).labels_path == "/x"  # type: ignore[attr-defined]
+
+
+def test_file_facts_go_only_to_a_worker_that_names_the_feature(tmp_path: Path) -> None:
+    from sleap_rtc.client.pathrequest import file_facts, path_check_request
+
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"12345")
+    facts = file_facts([str(video), str(tmp_path / "gone.mp4"), "C:\\x\\a.mp4", "rel/a.mp4"])
+    assert [(f.path, f.size) for f in facts] == [(str(video), 5)]
+    kw = {"path_mappings": {}, "prefix_mappings": {}, "facts": facts}
+    assert not path_check_request("/l.slp", features=("attach",), **kw).client_files  # type: ignore[arg-type]
+    sent = path_check_request("/l.slp", features=("client_file_facts",), **kw)  # type: ignore[arg-type]
+    assert [f.size for f in sent.client_files] == [5]

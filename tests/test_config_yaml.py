@@ -104,7 +104,7 @@ def test_violation_carries_line_and_bad_config() -> None:
     assert violation.rule_id == "config.yaml.tag"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=3 * settings.default.max_examples, deadline=None)
 @given(st.text(max_size=300))
 def test_random_text_parses_or_is_refused_cleanly(text: str) -> None:
     try:

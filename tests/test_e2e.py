@@ -28,7 +28,7 @@ import pytest
 
 from sleap_rtc.auth.tokens import TokenIssuer
 from sleap_rtc.cli.exits import ExitCode
-from sleap_rtc.demo import DemoDataset, make_dataset, training_config_yaml
+from sleap_rtc.demo import CLIENT_PREFIX, DemoDataset, make_dataset, training_config_yaml
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
@@ -318,9 +318,10 @@ def test_train_interactive_choice_and_cancel(lab: Lab) -> None:
 
 def test_check_prints_missing_and_suggestion_then_passes_with_a_mapping(lab: Lab) -> None:
     labels = str(lab.data.labels_path)
-    result = lab.cli("check", labels, *lab.client_args())
+    # Without the rules an earlier train saved (check applies them as train does).
+    result = lab.cli("check", labels, "--no-saved-mappings", *lab.client_args())
     assert result.returncode == ExitCode.FAILED, result.stderr
-    assert "0 found, 1 missing" in result.stdout
+    assert "0 found, 1 not usable on the worker" in result.stdout
     assert f"suggestion: {lab.data.video_client_path} -> {lab.data.video_worker_path}" in (
         result.stdout.replace("\n", "")
     )
@@ -543,6 +544,50 @@ def test_connection_dropped_mid_job_then_reattach(lab: Lab) -> None:
     finally:
         gate.touch()
         worker.stop()
+
+
+def test_worker_killed_mid_job_then_restarted_the_retry_tells_the_truth(lab: Lab) -> None:
+    """kill -9 of the worker process while its (quiet) trainer runs: the trainer dies with
+    it, the client does not promise the job runs on, and after a restart on the same state
+    folder the retry with the same job id reports the failure and its reason -- it does
+    not train a second time."""
+    gate = lab.root / f"release-{uuid.uuid4().hex[:6]}"
+    state = lab.root / "restart-state"
+    runs = lab.data.share / "sleap-rtc-runs"
+    worker, _ = lab.start_worker("restart", state, trainer=PACED)
+    second: Proc | None = None
+    try:
+        config = lab.training_config(epochs=3, batches=2, hold_file=gate)
+        job_id = f"job-{uuid.uuid4().hex}"
+        args = ["train", str(lab.data.labels_path), "-t", str(config), "--yes",
+                "--job-id", job_id, "--worker", "restart", *lab.client_args()]
+        first = lab.start("client-crash", *args)
+        first.wait_output(r"epoch 1: ", 60)
+        run_dir = Path(re.findall(r"run folder on the worker: (\S+)", first.output())[0])
+        trainer_pid = json.loads((run_dir / "argv.json").read_text())["pid"]
+        before = sorted(p.name for p in runs.iterdir())
+        worker.popen.send_signal(signal.SIGKILL)  # the worker process only, not its group
+        worker.popen.wait(10)
+        wait_for(lambda: not Path(f"/proc/{trainer_pid}/cmdline").exists()
+                 or not Path(f"/proc/{trainer_pid}/cmdline").read_bytes(), 2, "the trainer to die")
+        gate.touch()  # an orphan would train on from here
+        assert first.wait(60) == ExitCode.UNREACHABLE, first.output()
+        out = first.output()
+        assert "Connection lost" in out and "keeps running on the worker" not in out, out
+        assert "if the worker stopped, its trainer stopped with it" in out
+        second, _ = lab.start_worker("restart", state, trainer=PACED)
+        again = lab.start("client-retry", *args)
+        assert again.wait(60) == ExitCode.FAILED, again.output()
+        out = again.output()
+        assert "failed on the worker: re-attached" in out, out
+        assert "Training failed: the worker stopped while this job ran" in out, out
+        assert "Training ended" not in out
+        assert sorted(p.name for p in runs.iterdir()) == before  # no <job>-1: never twice
+    finally:
+        gate.touch()
+        worker.stop()
+        if second is not None:
+            second.stop()
 
 
 def test_workers_shows_busy_during_a_job_and_available_after(lab: Lab) -> None:
@@ -841,3 +886,95 @@ def test_worker_and_client_captures_decode_with_inspect(lab: Lab) -> None:
             assert body in listing.stdout.lower(), (capture, listing.stdout[:2000])
         # Every token starts with the same JWT header: none may appear (tokens are redacted).
         assert lab.issuer.issue("x", "lab")[:20] not in listing.stdout
+
+
+# ----------------------------------------------------------------------------- README layout
+
+
+def test_readme_layout_two_trains_in_a_row_with_saved_rules(lab: Lab) -> None:
+    """The README's layout: the share is /Volumes/<share> on the laptop and /mnt/<share>
+    on the worker (both under a temp folder). The first train accepts the suggestions
+    (the labels file's too, protocol 1.2) and saves the rules in their specific form;
+    the second applies them, the worker accepts them at submit, and both succeed."""
+    import sleap_io as sio
+
+    root = lab.root / f"readme-{uuid.uuid4().hex[:6]}"
+    data = make_dataset(root / "mnt")  # root/mnt/lab-share/project/...
+    laptop = root / "Volumes" / "lab-share" / "project"
+    labels = sio.load_slp(str(data.labels_path), open_videos=False)
+    labels.replace_filenames(prefix_map={CLIENT_PREFIX: str(laptop)}, open_videos=False)
+    sio.save_slp(labels, str(data.labels_path))
+    client_labels = str(laptop / "labels.slp")  # as the laptop names it
+    env = {
+        **lab.env,
+        "SLEAP_RTC_CONFIG_DIR": str(root / "laptop-config"),
+        "SLEAP_RTC_STATE_DIR": str(root / "laptop-state"),
+    }
+    ready = root / "worker.id"
+    worker = lab.start(
+        "readme-worker",
+        "worker",
+        "--server",
+        lab.url,
+        "--room",
+        "lab",
+        "--name",
+        "readme",
+        "--credential-file",
+        str(lab.keys["lab"]),
+        "--mount",
+        f"lab-share={data.share}",
+        "--loopback",
+        "--trainer-command",
+        f"{PY} {FAKE} train",
+        "--state-dir",
+        str(root / "worker-state"),
+        "--ready-file",
+        str(ready),
+    )
+    try:
+        wait_for(lambda: read_ready(ready), 60, "the README worker to register")
+        config = lab.training_config()
+        args = [*CLI, "train", client_labels, "-t", str(config), "--yes", "--worker", "readme"]
+        runs = []
+        for _ in range(2):
+            run = subprocess.run(
+                [*args, *lab.client_args()],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+                cwd=REPO,
+            )
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert "Training ended." in run.stdout
+            runs.append(run.stdout)
+        first, second = runs
+        assert "Accepted the worker's suggestion" in first, first
+        saved = json.loads((root / "laptop-state" / "mappings.json").read_text())
+        rules = saved["workers"]
+        worker_rules = next(iter(rules.values()))
+        # Specific form, worker side inside the mount: never "/Volumes -> /mnt".
+        assert worker_rules == {
+            str(laptop): str(data.project),
+            str(laptop / "videos"): str(data.project / "videos"),
+        }
+        assert "Applied the saved prefix rule" in second
+        assert "Accepted the worker's suggestion" not in second
+        check = subprocess.run(
+            [*CLI, "check", client_labels, "--json", "--worker", "readme", *lab.client_args()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=REPO,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr  # check agrees with train
+        report = json.loads(check.stdout)
+        assert report["ok"] is True and report["labels"]["status"] == "found"
+        # The same saved rule train applied (the labels folder's covers the videos too).
+        assert report["applied_prefix_mappings"] == {str(laptop): str(data.project)}
+        assert f"Applied the saved prefix rule: {laptop} -> {data.project}" in second
+    finally:
+        worker.stop()
+

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aioice.ice
 import pytest
 from rtc_helpers import OTHER_KEY, ROOMS, WORKER_KEY, run
 
@@ -173,8 +174,13 @@ def test_happy_path_rooms_and_tokens(tmp_path: Path) -> None:
 
 
 def test_links_survive_the_signaling_server_and_a_killed_worker_is_noticed(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # What notices the killed worker is aioice's consent freshness on this (the client's)
+    # end: a check every CONSENT_INTERVAL s (5, jittered 0.8-1.2x), each waiting 0.5 s for
+    # its answer, the link closed after CONSENT_FAILURES (6) unanswered ones in a row: ~33 s.
+    # The same checks a second apart end it in ~9 s. The worker keeps aioice's defaults.
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 1)
     with processes() as procs:
         url, issuer = start_server(tmp_path, procs)
         worker = start_worker(url, procs)
@@ -189,7 +195,8 @@ def test_links_survive_the_signaling_server_and_a_killed_worker_is_noticed(
             await link.send(b"still here")  # the datachannel does not need it
             assert await asyncio.wait_for(link.recv(), 5) == b"ereh llits"
             # The worker process is killed: no close handshake. ICE consent
-            # freshness (RFC 7675, ~30 s in aioice) ends the link: LinkClosed, not a hang.
+            # freshness (RFC 7675; ~30 s with aioice's defaults, see above) ends the
+            # link: LinkClosed, not a hang.
             worker.stop(signal.SIGKILL)
             t0 = time.monotonic()
             with pytest.raises(LinkClosed):

@@ -38,7 +38,8 @@ from sleap_rtc.client.results import (
 from sleap_rtc.client.timeouts import FlowTimeouts
 from sleap_rtc.client.views import CheckView, Resolution
 from sleap_rtc.transport.link import MemoryLink, memory_link_pair
-from sleap_rtc.worker.service import WorkerConfig, WorkerService
+from sleap_rtc.worker.service import WorkerService
+from sleap_rtc.worker.serviceconfig import WorkerConfig
 from sleap_rtc.worker.trainer import RunLimits
 from sleap_rtc_proto.codec import decode
 from sleap_rtc_proto.rules import is_valid_job_id
@@ -544,10 +545,83 @@ def test_saved_prefixes_are_offered_first_and_learned(lab: Lab) -> None:
             config=fake_config(), labels_path=str(labels2))
 
     assert with_worker(lab, body2).ok
-    assert store2.load("gpu-1") == {"/home/me/stuff": str(lab.mnt)}
+    assert store2.load("gpu-1") == {"/home/me/stuff/data": str(lab.mnt / "data")}  # specific form
 
 
 # ----------------------------------------------------------------------------- post-submission rows
+
+
+def test_a_saved_rule_the_worker_would_refuse_is_dropped_with_a_note(lab: Lab) -> None:
+    """The issue's second-train failure: an old saved "/Volumes -> <above the mount>" rule is
+    left out (and forgotten) instead of failing every later train."""
+    labels = make_labels(lab.project / "labels.slp", ["/Volumes/lab/mnt/data/a.h5"])
+    store = PrefixStore(lab.tmp / "prefixes.json")
+    store.remember({"/Volumes": str(lab.tmp)}, worker_id="gpu-1")  # lab.tmp holds the mount
+    seen: list[CheckView] = []
+    auto = AutoResolver()
+
+    def resolver(view: CheckView) -> Resolution:
+        seen.append(view)
+        return auto(view)
+
+    async def body(h: Harness) -> FlowResult:
+        return await flow_for(h, resolver=resolver, store=store, follow_progress=False).run(
+            config=fake_config(), labels_path=str(labels))
+
+    result = with_worker(lab, body)
+    assert result.ok, result
+    assert seen[0].saved_prefixes == ()
+    assert seen[0].dropped_saved == ("/Volumes",)
+    assert "not under the worker's shared storage" in seen[0].notes[0]
+    assert "/Volumes" not in store.load("gpu-1")  # forgotten
+    assert store.load("gpu-1") == {"/Volumes/lab/mnt/data": str(lab.data)}  # specific form
+
+
+def test_a_mapping_the_worker_refuses_is_dropped_and_never_resent(lab: Lab) -> None:
+    labels = make_labels(lab.project / "labels.slp", ["/Volumes/lab/mnt/data/a.h5"])
+    (lab.mnt / "escape").symlink_to(lab.tmp)  # a link out of the mount
+    seen: list[CheckView] = []
+    auto = AutoResolver()
+
+    def resolver(view: CheckView) -> Resolution:
+        seen.append(view)
+        return auto(view)
+
+    async def body(h: Harness) -> FlowResult:
+        return await flow_for(h, resolver=resolver, follow_progress=False).run(
+            config=fake_config(), labels_path=str(labels),
+            prefix_mappings={"/Volumes/lab": str(lab.mnt / "escape")})
+
+    result = with_worker(lab, body)
+    assert result.ok, result
+    (refused,) = seen[0].refused
+    assert refused.original == "/Volumes/lab" and "symbolic link" in refused.reason
+    assert seen[0].videos[0].status == "refused"
+    assert "/Volumes/lab" not in result.prefix_mappings
+
+
+def test_client_file_facts_rank_the_same_size_file_first(lab: Lab) -> None:
+    """1.2: the client's own copy (same path here, both sides on one machine) has a size;
+    the same-name file of that size is suggested first, above a same-name decoy."""
+    laptop = lab.tmp / "laptop" / "data"
+    make_h5_video(laptop / "a.h5")
+    decoy = lab.mnt / "elsewhere" / "data" / "a.h5"
+    decoy.parent.mkdir(parents=True)
+    decoy.write_bytes(b"not the same size")
+    labels = make_labels(lab.project / "labels.slp", [str(laptop / "a.h5")])
+    seen: list[CheckView] = []
+
+    def resolver(view: CheckView) -> Resolution | None:
+        seen.append(view)
+        return None
+
+    async def body(h: Harness) -> FlowResult:
+        return await flow_for(h, resolver=resolver, follow_progress=False).run(
+            config=fake_config(), labels_path=str(labels))
+
+    with_worker(lab, body)
+    best = seen[0].videos[0].suggestions[0]
+    assert best.worker_path == lab.video_a and best.reason == "same_name_and_size"
 
 
 def test_row_job_rejected_shows_the_reasons_field_by_field(lab: Lab) -> None:

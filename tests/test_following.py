@@ -25,7 +25,8 @@ from sleap_rtc.client.following import Reorder
 from sleap_rtc.client.results import CONNECTION_LOST, FlowResult
 from sleap_rtc.client.timeouts import FlowTimeouts
 from sleap_rtc.transport.link import MemoryLink
-from sleap_rtc.worker.service import WorkerConfig, WorkerService
+from sleap_rtc.worker.service import WorkerService
+from sleap_rtc.worker.serviceconfig import WorkerConfig
 from sleap_rtc_proto.codec import decode
 from sleap_rtc_proto.v1 import progress_pb2
 
@@ -222,3 +223,114 @@ def test_reorder_releases_in_sequence_and_skips_stale_gaps() -> None:
     assert seqs(order.expire()) == [5]
     assert order.delivered == 5
     assert seqs(order.add(ProgressReceived(progress=progress_pb2.JobProgress(job_id="j")))) == [0]
+
+
+# --- death noticed at every step (check, resolution, submit), not only while following ---
+
+
+def go_silent_after(worker_end: MemoryLink, body_name: str) -> None:
+    """From the first ``body_name`` frame on (sent), the worker end swallows every frame."""
+    silent = [False]
+
+    def drop(frame: bytes) -> bool:
+        if silent[0]:
+            return True
+        if body_of(frame) == body_name:
+            silent[0] = True
+        return False
+
+    worker_end.drop = drop
+
+
+def dead_worker_flow(
+    lab: Lab, silent_after: str, labels: Path, resolver: Any = None
+) -> tuple[FlowResult, float, Harness]:
+    async def body(h: Harness) -> tuple[FlowResult, float, Harness]:
+        def on_link(client_end: MemoryLink, worker_end: MemoryLink) -> None:
+            go_silent_after(worker_end, silent_after)
+
+        h.on_link = on_link
+
+        async def connect() -> MemoryLink:
+            if h.connects >= 1:
+                raise ConnectionRefusedError("the worker is not in the room")
+            return await h.connect()
+
+        # Each request's own timeout is far longer than the probe bound.
+        timeouts = FlowTimeouts(connect_s=2.0, hello_s=2.0, check_s=30.0, submit_s=30.0,
+                                control_s=2.0, probe_after_s=PROBE_AFTER_S,
+                                probe_timeout_s=PROBE_TIMEOUT_S, tick_s=0.02)
+        flow = PresubmissionFlow(connect=connect, timeouts=timeouts, resolver=resolver)
+        started = time.monotonic()
+        result = await flow.run(config=LONG_JOB, labels_path=str(labels))
+        return result, time.monotonic() - started, h
+
+    out: tuple[FlowResult, float, Harness] = with_worker(lab, body)
+    return out
+
+
+def test_dead_worker_during_check_is_noticed_within_the_probe_bound(lab: Lab) -> None:
+    labels = make_labels(lab.project / "labels.slp", [lab.video_a])
+    result, took, h = dead_worker_flow(lab, "hello_ack", labels)
+    assert result.message == CONNECTION_LOST and result.stage == "check", result
+    assert any("liveness probe" in d for d in result.details)
+    assert took < PROBE_AFTER_S + PROBE_TIMEOUT_S + 1.5, took
+    assert h.jobs() == []
+
+
+def test_dead_worker_during_submit_is_noticed_within_the_probe_bound(lab: Lab) -> None:
+    """Death between check and accept: the submit's own 30 s timeout is not waited out."""
+    labels = make_labels(lab.project / "labels.slp", [lab.video_a])
+    result, took, h = dead_worker_flow(lab, "path_check_result", labels)
+    assert result.message == CONNECTION_LOST and result.stage == "submit", result
+    assert any("liveness probe" in d for d in result.details)
+    assert any("never starts twice" in d for d in result.details)
+    assert took < PROBE_AFTER_S + PROBE_TIMEOUT_S + 1.5, took
+    assert "job_attach" in sent_bodies(h.links[0])
+
+
+def test_dead_worker_during_resolution_is_noticed_within_the_probe_bound(lab: Lab) -> None:
+    """The user is still mapping paths when the worker dies: the flow says so at once."""
+    labels = make_labels(lab.project / "labels.slp", ["/laptop/videos/a.h5"])
+    asked: list[Any] = []
+
+    async def slow_user(view: Any) -> Any:
+        asked.append(view)
+        await asyncio.sleep(30)  # a user who takes their time
+
+    result, took, h = dead_worker_flow(lab, "path_check_result", labels, resolver=slow_user)
+    assert asked, "the resolver was never asked"
+    assert result.message == CONNECTION_LOST and result.stage == "resolve", result
+    assert took < PROBE_AFTER_S + PROBE_TIMEOUT_S + 1.5, took
+    assert h.jobs() == []
+
+
+def test_a_live_worker_is_not_reported_lost_during_a_slow_resolution(lab: Lab) -> None:
+    labels = make_labels(lab.project / "labels.slp", ["/laptop/videos/a.h5"])
+
+    async def body(h: Harness) -> tuple[FlowResult, Harness]:
+        async def slow_user(view: Any) -> Any:
+            from sleap_rtc.client.views import Resolution
+
+            await asyncio.sleep(3 * (PROBE_AFTER_S + PROBE_TIMEOUT_S))
+            return Resolution({"/laptop/videos/a.h5": lab.video_a}, {})
+
+        flow = PresubmissionFlow(connect=h.connect, timeouts=PROBING, resolver=slow_user)
+        result = await flow.run(config=fake_config(epochs=1, batches=1),
+                                labels_path=str(labels))
+        return result, h
+
+    result, h = with_worker(lab, body)
+    assert result.ok, result
+    assert h.connects == 1
+    assert sent_bodies(h.links[0]).count("job_attach") >= 2  # probed, and answered
+
+
+def test_after_a_lost_connection_the_client_does_not_promise_the_job_runs(lab: Lab) -> None:
+    labels = make_labels(lab.project / "labels.slp", [lab.video_a])
+    result, _, _ = dead_worker_flow(lab, "job_accepted", labels)
+    assert result.stage == "progress" and result.message == CONNECTION_LOST
+    text = " ".join(result.details)
+    assert "keeps running on the worker" not in text
+    assert "if the worker stopped, its trainer stopped with it" in text
+    assert "never trains twice" in text

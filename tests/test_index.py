@@ -66,7 +66,7 @@ def test_symlinks_never_lead_out(mount: Path) -> None:
     assert index.lookup("dangling.mp4") == ()
     assert all(p.startswith(f"{mount}/") for p in index.lookup("cam.mp4"))
     assert len(index.lookup("cam.mp4")) == 2  # inner_dir is not walked twice
-    assert index.lookup("inner_file.mp4") == [f"{mount}/inner_file.mp4"]
+    assert list(index.lookup("inner_file.mp4")) == [f"{mount}/inner_file.mp4"]
     assert index.file_count == 4
 
 
@@ -79,7 +79,7 @@ def test_warm_until_ttl_then_rebuilds_only_on_change(mount: Path) -> None:
     assert index.lookup("new.mp4") == ()  # warm: not rescanned within the TTL
     assert index.is_stale()
     clock.now += 11
-    assert index.lookup("new.mp4") == [f"{mount}/c/new.mp4"]
+    assert list(index.lookup("new.mp4")) == [f"{mount}/c/new.mp4"]
     second_build = index._snap
     assert second_build is not first_build
     clock.now += 11
@@ -90,7 +90,7 @@ def test_warm_until_ttl_then_rebuilds_only_on_change(mount: Path) -> None:
     (mount / "a" / "day1" / "deep" / "x.mp4").write_bytes(b"")
     index.refresh()  # explicit refresh is immediate
     assert index.lookup("new.mp4") == ()
-    assert index.lookup("x.mp4") == [f"{mount}/a/day1/deep/x.mp4"]
+    assert list(index.lookup("x.mp4")) == [f"{mount}/a/day1/deep/x.mp4"]
 
 
 def test_removed_directory_is_stale(mount: Path) -> None:
@@ -166,3 +166,23 @@ def test_lookups_during_a_build_wait_for_it_instead_of_walking_again(
     for t in [warm, *lookups]:
         t.join(10)
     assert found == [2, 2, 2] and len(walks) == 1
+
+
+def test_compact_storage_answers_like_paths(tmp_path: Path) -> None:
+    """Folders are stored once; lookups and has_path answer as if full paths were kept."""
+    for folder in ("a", "b/c", "b/d"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "same.mp4").write_bytes(b"1")
+    (tmp_path / "a" / "only.mp4").write_bytes(b"22")
+    index = FileIndex(MountPolicy([tmp_path]))
+    assert sorted(index.lookup("same.mp4")) == [
+        f"{tmp_path}/a/same.mp4",
+        f"{tmp_path}/b/c/same.mp4",
+        f"{tmp_path}/b/d/same.mp4",
+    ]
+    assert list(index.lookup("only.mp4")) == [f"{tmp_path}/a/only.mp4"]
+    assert index.has_path(f"{tmp_path}/b/c/same.mp4")
+    assert not index.has_path(f"{tmp_path}/b/same.mp4")
+    assert not index.has_path(f"{tmp_path}/a/none.mp4")
+    assert index.size_of(f"{tmp_path}/a/only.mp4") == 2
+    assert index.file_count == 4

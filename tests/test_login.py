@@ -371,3 +371,27 @@ def test_login_page_script_keeps_the_passphrase_out_of_urls(tmp_path: Path) -> N
                 await listener.close()
 
     run(main())
+
+
+def test_login_token_file_refuses_a_token_that_expired_seconds_ago(tmp_path: Path) -> None:
+    """`login --token-file` judges expiry as every other command does (no leeway)."""
+    import time
+
+    from sleap_rtc.cli.exits import CliError, ExitCode
+    from sleap_rtc.cli.login_cmd import _headless
+
+    async def main() -> None:
+        async with signaling_server(tmp_path) as server:
+            store = TokenStore(tmp_path / "t.json")
+            stale = tmp_path / "stale.jwt"
+            stale.write_text(server.issuer.issue("bob", "lab", ttl_s=60, now=time.time() - 65))
+            with pytest.raises(CliError) as info:
+                await _headless(stale, server.url, "lab", store)
+            assert info.value.code == ExitCode.LOGIN_REQUIRED
+            assert "expired" in info.value.message
+            assert not (tmp_path / "t.json").exists()
+            fresh = tmp_path / "fresh.jwt"
+            fresh.write_text(server.issuer.issue("bob", "lab", ttl_s=3600))
+            assert await _headless(fresh, server.url, "lab", store) == 0
+
+    run(main())

@@ -9,7 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sleap_rtc.worker.mounts import MountPolicy, NotAbsolute, OutsideMounts, PathRejected
+from sleap_rtc.worker.mounts import (
+    MountPolicy,
+    NotAbsolute,
+    OutsideMounts,
+    PathRejected,
+    Unresolvable,
+)
 
 
 @pytest.fixture()
@@ -114,9 +120,13 @@ _PARTS = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=20 * settings.default.max_examples,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(parts=st.lists(_PARTS, max_size=8), from_root=st.booleans())
 def test_never_returns_a_path_outside(tree: Path, parts: list[str], from_root: bool) -> None:
+    """Cached and uncached resolution agree; nothing outside, no ``..``, loops refused."""
     lab = tree / "lab"
     policy = MountPolicy([lab])
     base = str(lab) if from_root else str(tree)
@@ -124,16 +134,68 @@ def test_never_returns_a_path_outside(tree: Path, parts: list[str], from_root: b
     cache: dict[str, str] = {}
     try:
         resolved = policy.resolve(path)
+    except Unresolvable:
+        with pytest.raises(Unresolvable):
+            policy.resolve(path, cache=cache)
+        with pytest.raises(Unresolvable):
+            policy.resolve(path, cache=cache)  # warm cache, same answer
+        return
     except OutsideMounts as exc:
-        assert not Path(os.path.realpath(path)).is_relative_to(lab)
+        assert ".." not in exc.resolved.parts
         assert not exc.resolved.is_relative_to(lab)
         with pytest.raises(OutsideMounts):
             policy.resolve(path, cache=cache)
+        with pytest.raises(OutsideMounts):
+            policy.resolve(path, cache=cache)
         return
-    assert resolved == Path(os.path.realpath(path))
+    assert ".." not in resolved.parts and "." not in resolved.parts
+    assert resolved == Path(os.path.realpath(path))  # no loop on the way: realpath agrees
     assert resolved.is_relative_to(lab)
     assert policy.resolve(path, cache=cache) == resolved
     assert policy.resolve(path, cache=cache) == resolved  # warm cache, same answer
+
+
+@pytest.mark.parametrize(
+    "rel, cached_dir",
+    [("loop/../in_dir", "loop"), ("loop/../out_file", "loop"), ("loop/x", "loop")],
+)
+def test_symlink_loop_is_refused_cached_and_uncached(tree: Path, rel: str, cached_dir: str) -> None:
+    """The fresh-clone hypothesis failure: realpath keeps ``..`` after a loop."""
+    lab = tree / "lab"
+    policy = MountPolicy([lab])
+    with pytest.raises(Unresolvable, match="loop"):
+        policy.resolve(f"{lab}/{rel}")
+    cache: dict[str, str] = {}
+    with pytest.raises(Unresolvable):
+        policy.resolve(f"{lab}/{cached_dir}/probe", cache=cache)
+    with pytest.raises(Unresolvable):
+        policy.resolve(f"{lab}/{rel}", cache=cache)
+
+
+@pytest.mark.parametrize("length", [5000, 10_000])
+def test_too_long_paths_are_refused_typed(tree: Path, length: int) -> None:
+    lab = tree / "lab"
+    policy = MountPolicy([lab])
+    path = f"{lab}/" + "a" * length
+    with pytest.raises(Unresolvable, match=r"too long|over"):
+        policy.resolve(path)
+    deep = f"{lab}/" + "/".join(["d" * 200] * 30)
+    with pytest.raises(Unresolvable):
+        policy.resolve(deep, cache={})
+    assert not policy.contains(path)
+
+
+def test_chain_of_links_over_the_limit_is_refused(tree: Path) -> None:
+    lab = tree / "lab"
+    (lab / "l0").symlink_to(lab / "data")
+    for i in range(1, 45):
+        (lab / f"l{i}").symlink_to(lab / f"l{i - 1}")
+    policy = MountPolicy([lab])
+    assert policy.resolve(lab / "l30" / "day1") == lab / "data" / "day1"
+    with pytest.raises(Unresolvable, match="links"):
+        policy.resolve(lab / "l44" / "day1")
+    with pytest.raises(Unresolvable, match="links"):
+        policy.resolve(lab / "l44" / "day1", cache={})
 
 
 @given(st.text(alphabet="/ab.-", max_size=20))

@@ -12,11 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from slp_factory import make_h5_video, make_labels, rewrite_video_rows
 
+from sleap_rtc.paths.infer import infer_rules
+from sleap_rtc.paths.model import ClientPath, Mapper
 from sleap_rtc.worker.checktoken import issue_check_token
 from sleap_rtc.worker.index import FileIndex
 from sleap_rtc.worker.mounts import MountPolicy
 from sleap_rtc.worker.pathcheck import PathChecker
-from sleap_rtc.worker.suggest import ClientPath, Mapper, infer_rules
 from sleap_rtc_proto.v1 import paths_pb2 as pb
 
 FOUND, MISSING, OUTSIDE = (
@@ -29,6 +30,7 @@ UNREADABLE, EMBEDDED, INVALID = (
     pb.PATH_STATUS_EMBEDDED,
     pb.PATH_STATUS_INVALID,
 )
+REFUSED = pb.PATH_STATUS_REFUSED
 SECRET = b"test-secret"
 
 
@@ -84,8 +86,11 @@ def test_all_found_issues_a_valid_token(lab: Path) -> None:
         (lambda lab: touch(lab / "d" / "x").parent, UNREADABLE, "directory"),
         (lambda lab: touch(lab / "t.slp", b"hello, not hdf5"), INVALID, "HDF5"),
         (lambda lab: touch(lab / "c.slp", b"\x89HDF\r\n\x1a\n" + b"\0" * 64), INVALID, ""),
-        (lambda lab: Path(f"{lab}/../../etc/passwd"), OUTSIDE, "outside"),
-        (lambda lab: Path("relative/l.slp"), MISSING, "absolute"),
+        (lambda lab: Path(f"{lab}/../../etc/passwd"), REFUSED, "climbs"),
+        (lambda lab: Path("relative/l.slp"), REFUSED, "absolute"),
+        (lambda lab: Path("../../etc/passwd"), REFUSED, "not an absolute path"),
+        (lambda lab: Path("/elsewhere/l.slp"), OUTSIDE, "not under the worker's shared storage"),
+        (lambda lab: Path(f"{lab}/a\u2215b.slp"), REFUSED, "division slash"),
     ],
 )
 def test_bad_labels(lab: Path, make: Callable[[Path], Path], status: int, words: str) -> None:
@@ -105,7 +110,7 @@ def test_labels_symlink_escaping_the_mount(lab: Path, tmp_path: Path) -> None:
     outside = make_labels(tmp_path / "elsewhere" / "l.slp", [])
     (lab / "l.slp").symlink_to(outside)
     result = check(checker(lab), lab / "l.slp")
-    assert result.labels.status == OUTSIDE
+    assert result.labels.status == REFUSED and "symbolic link" in result.labels.detail
     assert str(outside) not in result.labels.detail  # nothing said about outside
 
 
@@ -114,8 +119,13 @@ def test_labels_via_mappings_and_windows_path(lab: Path) -> None:
     pc = checker(lab)
     windows = "C:\\Users\\Me\\proj\\l.slp"
     unmapped = check(pc, windows)
-    assert unmapped.labels.status == MISSING and unmapped.labels.worker_path == ""
-    assert "Windows" in unmapped.labels.detail
+    assert unmapped.labels.status == OUTSIDE and unmapped.labels.worker_path == ""
+    assert "Windows" in unmapped.labels.detail and "\\\\" not in unmapped.labels.detail
+    assert windows in unmapped.labels.detail  # as typed, no repr
+    [best, *_] = unmapped.labels.suggestions  # 1.2: the labels file gets suggestions
+    assert best.worker_path == str(labels)
+    without = pc.check(pb.PathCheckRequest(labels_path=windows), features=())
+    assert not without.labels.suggestions  # only when the feature is in effect
     for mappings in (
         {"path_mappings": {windows: str(labels)}},
         {"path_mappings": {"c:/users/me/PROJ/l.slp": str(labels)}},
@@ -174,8 +184,12 @@ def test_outside_mounts_and_escaping_mappings(lab: Path, tmp_path: Path) -> None
             "/client/d.mp4": "relative/d.mp4",
         },
     )
-    assert [v.status for v in result.videos] == [OUTSIDE, OUTSIDE, OUTSIDE, MISSING, FOUND]
-    assert "absolute" in result.videos[3].detail
+    assert [v.status for v in result.videos] == [REFUSED, REFUSED, REFUSED, REFUSED, FOUND]
+    reasons = {r.original: r.reason for r in result.refused_mappings}
+    assert "outside the worker's shared storage" in reasons["/client/a.mp4"]
+    assert "symbolic link" in reasons["/client/b.mp4"]
+    assert "climbs" in reasons["/client/c.mp4"]
+    assert "absolute" in reasons["/client/d.mp4"]
     assert all(v.detail for v in result.videos[:4])
     assert not result.check_token
 
@@ -215,12 +229,16 @@ def test_prefix_rule_from_a_found_video(lab: Path) -> None:
     for pc in (checker(lab), checker(lab, index=False)):
         result = check(pc, labels, path_mappings=mapping)
         assert [v.status for v in result.videos] == [FOUND, OUTSIDE, OUTSIDE]
-        (proposal,) = result.prefix_proposals
+        proposal, *alternatives = result.prefix_proposals
         assert (proposal.original_prefix, proposal.worker_prefix) == (
             "/Users/me/data",
             str(lab / "data"),
         )
         assert list(proposal.resolves) == [1] and proposal.evidence == 2
+        # A broader rule follows as an alternative, with what it resolves.
+        assert [(a.original_prefix, a.worker_prefix, list(a.resolves)) for a in alternatives] == [
+            ("/Users/me", str(lab), [1])
+        ]
         best = result.videos[1].suggestions[0]
         assert best.worker_path == str(lab / "data" / "b.mp4")
         assert best.reason == pb.SUGGESTION_REASON_PREFIX_RULE
@@ -244,15 +262,18 @@ def test_windows_originals_prefix_inference(lab: Path) -> None:
         labels,
         path_mappings={"c:/users/me/EXP/a.mp4": str(lab / "shared" / "exp" / "a.mp4")},
     )
-    assert [v.status for v in result.videos] == [FOUND, MISSING, MISSING]
+    assert [v.status for v in result.videos] == [FOUND, OUTSIDE, OUTSIDE]
     assert result.videos[1].original_path == "C:\\Users\\me\\exp\\b.mp4"
     assert result.videos[1].worker_path == ""
-    (proposal,) = result.prefix_proposals
+    proposal, *alternatives = result.prefix_proposals
     # The general rule (C:\Users\me -> shared) resolves the same videos: the
-    # specific one is preferred.
+    # specific one comes first, the broader one follows as an alternative.
     assert proposal.original_prefix == "C:\\Users\\me\\exp"
     assert proposal.worker_prefix == str(lab / "shared" / "exp")
     assert list(proposal.resolves) == [1, 2]
+    assert [(a.original_prefix, list(a.resolves)) for a in alternatives] == [
+        ("C:\\Users\\me", [1, 2])
+    ]
     assert result.videos[2].suggestions[0].worker_path == str(lab / "shared" / "exp" / "c.mp4")
     fixed = check(checker(lab), labels, prefix_mappings={"C:\\Users\\me": str(lab / "shared")})
     assert [v.status for v in fixed.videos] == [FOUND, FOUND, FOUND]
@@ -282,10 +303,12 @@ def test_same_name_ranking_and_inferred_rule(lab: Path) -> None:
     assert "s1" in same_name[0].explanation
     scores = [s.score for s in first]
     assert scores == sorted(scores, reverse=True)
-    (proposal,) = result.prefix_proposals
-    assert proposal.original_prefix == "/Users/al"
-    assert proposal.worker_prefix == str(lab / "archive")
-    assert list(proposal.resolves) == [0, 1, 2, 3] and proposal.evidence == 4
+    # The most specific rule that explains the evidence first, the broader one next.
+    assert [(p.original_prefix, p.worker_prefix) for p in result.prefix_proposals] == [
+        ("/Users/al/proj", str(lab / "archive" / "proj")),
+        ("/Users/al", str(lab / "archive")),
+    ]
+    assert all(list(p.resolves) == [0, 1, 2, 3] for p in result.prefix_proposals)
     assert not result.videos[4].suggestions
 
 
@@ -311,7 +334,9 @@ def test_max_suggestions_and_same_size(lab: Path) -> None:
 def test_all_missing_without_candidates(lab: Path) -> None:
     labels = make_labels(lab / "l.slp", ["/Users/me/a.mp4", "C:\\x\\b.mp4"])
     result = check(checker(lab), labels)
-    assert [v.status for v in result.videos] == [OUTSIDE, MISSING]
+    assert [v.status for v in result.videos] == [OUTSIDE, OUTSIDE]
+    windows = result.videos[1]
+    assert "Windows" in windows.detail and windows.detail.startswith(windows.original_path)
     assert not result.prefix_proposals and not result.check_token
     assert all(not v.suggestions for v in result.videos)
 
@@ -456,7 +481,9 @@ _SEGMENTS = st.sampled_from(["lab", "..", ".", "data", "v.mp4", "link", "out", "
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=3 * settings.default.max_examples // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(targets=st.lists(st.lists(_SEGMENTS, max_size=6), min_size=1, max_size=4))
 def test_found_is_always_inside_the_mounts(tmp_path: Path, targets: list[list[str]]) -> None:
@@ -480,7 +507,9 @@ _TEXT = st.text(alphabet=st.sampled_from(list("/\\:.Ca b~$\x00é")), max_size=16
 
 
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=2 * settings.default.max_examples,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     labels=_TEXT,
@@ -510,7 +539,7 @@ def test_prefix_rule_from_a_video_found_next_to_labels(lab: Path) -> None:
     )
     result = check(checker(lab, index=False), labels)
     assert [v.status for v in result.videos] == [FOUND, OUTSIDE]
-    (proposal,) = result.prefix_proposals
+    proposal, *_broader = result.prefix_proposals
     assert (proposal.original_prefix, proposal.worker_prefix) == (
         "/Users/me/proj",
         str(lab / "proj"),
@@ -539,4 +568,192 @@ def test_concurrent_checks_agree(lab: Path) -> None:
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: check(pc, labels), range(16)))
     assert all(r == results[0] for r in results)
-    assert len(results[0].prefix_proposals) == 1
+    assert results[0].prefix_proposals[0].original_prefix == "/Users/x/d"
+    assert all(len(p.resolves) == 20 for p in results[0].prefix_proposals)
+
+
+# -- one rule for the check and the submit ---------------------------------------------
+
+_CONFIG = "model_config:\n  backbone_config: {}\ntrainer_config:\n  max_epochs: 1\n"
+
+
+@pytest.fixture(scope="module")
+def share(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A worker share with videos, a folder where a file is expected, and an escaping link."""
+    root = tmp_path_factory.mktemp("agree")
+    lab = root / "mnt" / "share"
+    for name in ("a", "b"):
+        touch(lab / "proj" / "videos" / f"{name}.mp4", name.encode())
+    (lab / "proj" / "videos" / "dir.mp4").mkdir()
+    touch(root / "outside" / "videos" / "a.mp4")
+    (lab / "escape").symlink_to(root / "outside")
+    make_labels(
+        lab / "proj" / "labels.slp",
+        ["/Volumes/share/proj/videos/a.mp4", "/Volumes/share/proj/videos/b.mp4"],
+    )
+    return lab
+
+
+def _candidates(lab: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    prefix = [
+        ("/Volumes/share/proj/videos", str(lab / "proj" / "videos")),
+        ("/Volumes/share/proj", str(lab / "proj")),
+        ("/Volumes/share", str(lab)),
+        ("/Volumes", str(lab.parent)),  # the issue's rule: above the mount
+        ("/Volumes/share/proj", str(lab / "escape")),  # through a link out of the mount
+        ("/Volumes/share/proj/videos", f"{lab}/proj/../../x"),  # climbs
+        ("/Volumes/share/proj/videos/", str(lab / "other")),  # conflicts with the first
+        ("C:\\data", "D:\\x"),  # a Windows target
+        ("/Volumes\u2215share", str(lab)),  # a lookalike slash
+    ]
+    exact = [
+        ("/Volumes/share/proj/videos/a.mp4", str(lab / "proj" / "videos" / "a.mp4")),
+        ("/Volumes/share/proj/videos/b.mp4", str(lab / "proj" / "videos" / "dir.mp4")),  # a dir
+        ("/Volumes/share/unused.mp4", str(lab / "proj" / "videos" / "nope.mp4")),  # no file
+    ]
+    return prefix, exact
+
+
+@settings(
+    max_examples=3 * settings.default.max_examples // 5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_a_mapping_set_with_a_token_is_accepted_at_submit(share: Path, data: st.DataObject) -> None:
+    """Property: whatever mappings a check issued a token for, the same worker accepts at
+    submit; and a check that refuses a mapping issues no token (the submit refuses it too)."""
+    from sleap_rtc.worker.intakecheck import IntakeRecheck
+    from sleap_rtc.worker.validate import SubmitValidator
+    from sleap_rtc_proto.v1 import spec_pb2
+
+    prefix_pool, exact_pool = _candidates(share)
+    prefix = dict(data.draw(st.lists(st.sampled_from(prefix_pool), max_size=3)))
+    exact = dict(data.draw(st.lists(st.sampled_from(exact_pool), max_size=2)))
+    pc = checker(share)
+    labels = str(share / "proj" / "labels.slp")
+    result = check(pc, labels, path_mappings=exact, prefix_mappings=prefix)
+    validator = SubmitValidator(
+        pc.policy,
+        token_check=pc.verify_check_token,
+        recheck=IntakeRecheck(pc),
+    )
+    spec = spec_pb2.TrainJobSpec(
+        config_content=_CONFIG, labels_path=labels, path_mappings=exact, prefix_mappings=prefix
+    )
+    answer = validator.validate(spec, result.check_token)
+    if result.check_token:
+        assert not result.refused_mappings
+        assert not isinstance(answer, list), [v.message for v in answer]
+    if result.refused_mappings:
+        assert not result.check_token
+        assert isinstance(answer, list)  # the submit refuses the same set
+    for refusal in result.refused_mappings:
+        assert refusal.reason and "'" not in refusal.original  # named as typed
+
+
+def test_the_worker_proposal_is_accepted_at_submit(share: Path) -> None:
+    """The issue's failure: a proposal that passes the check must pass the submit."""
+    from sleap_rtc.worker.intakecheck import IntakeRecheck
+    from sleap_rtc.worker.validate import SubmitValidator
+    from sleap_rtc_proto.v1 import spec_pb2
+
+    pc = checker(share)
+    labels = str(share / "proj" / "labels.slp")
+    exact = {"/Volumes/share/proj/videos/a.mp4": str(share / "proj" / "videos" / "a.mp4")}
+    first = check(pc, labels, path_mappings=exact)
+    assert first.prefix_proposals
+    for proposal in first.prefix_proposals:
+        assert pc.policy.contains(proposal.worker_prefix)
+        rules = {proposal.original_prefix: proposal.worker_prefix}
+        again = check(pc, labels, prefix_mappings=rules)
+        assert again.check_token, again
+        spec = spec_pb2.TrainJobSpec(
+            config_content=_CONFIG, labels_path=labels, prefix_mappings=rules
+        )
+        validator = SubmitValidator(
+            pc.policy, token_check=pc.verify_check_token, recheck=IntakeRecheck(pc)
+        )
+        answer = validator.validate(spec, again.check_token)
+        assert not isinstance(answer, list), [v.message for v in answer]
+    refused = check(pc, labels, prefix_mappings={"/Volumes": str(share.parent)})
+    assert not refused.check_token
+    (why,) = refused.refused_mappings
+    assert "outside the worker's shared storage" in why.reason and str(share) in why.reason
+
+
+def test_windows_videos_found_by_name_propose_the_specific_rule_first(lab: Path) -> None:
+    """The issue's case: three videos in C:\\Users\\me\\lab\\videos, none mapped yet."""
+    for n in "abc":
+        touch(lab / "lab" / "videos" / f"{n}.mp4")
+    labels = make_labels(lab / "l.slp", ["/placeholder.mp4"])
+    rows = [
+        json.dumps({"backend": {"filename": f"C:\\Users\\me\\lab\\videos\\{n}.mp4"}}) for n in "abc"
+    ]
+    rewrite_video_rows(labels, rows)
+    result = check(checker(lab), labels)
+    assert [v.status for v in result.videos] == [OUTSIDE] * 3
+    rules = [
+        (p.original_prefix, p.worker_prefix, list(p.resolves)) for p in result.prefix_proposals
+    ]
+    assert rules[0] == ("C:\\Users\\me\\lab\\videos", str(lab / "lab" / "videos"), [0, 1, 2])
+    assert rules[1:] == [
+        ("C:\\Users\\me\\lab", str(lab / "lab"), [0, 1, 2]),
+        ("C:\\Users\\me", str(lab), [0, 1, 2]),
+    ]
+    assert all(checker(lab).policy.contains(worker) for _, worker, _ in rules)
+    fixed = check(checker(lab), labels, prefix_mappings={rules[0][0]: rules[0][1]})
+    assert fixed.check_token and not fixed.refused_mappings
+
+
+def test_nul_and_lookalikes_are_refused_by_name_not_called_relative(lab: Path) -> None:
+    pc = checker(lab)
+    nul = pc.check(pb.PathCheckRequest(labels_path=f"{lab}/l\x00.slp"))
+    assert nul.labels.status == REFUSED and "NUL byte" in nul.labels.detail
+    assert "absolute" not in nul.labels.detail
+    video = touch(lab / "v.mp4")
+    labels = make_labels(lab / "l.slp", [str(video)])
+    bad = check(pc, labels, prefix_mappings={"/Users\uff0fme": str(lab)})
+    (refusal,) = bad.refused_mappings
+    assert "fullwidth slash" in refusal.reason and refusal.kind == pb.MAPPING_KIND_PREFIX
+    assert bad.videos[0].status == FOUND and not bad.check_token  # refused: no token at all
+
+
+@pytest.fixture(scope="module")
+def both_sides(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    lab = tmp_path_factory.mktemp("sides") / "share"
+    touch(lab / "t" / "a.mp4")
+    labels = make_labels(lab / "l.slp", ["/placeholder.mp4"])
+    originals = ["C:\\Users\\Me\\lab\\v\\a.mp4", "/Users/me/lab/v/b.mp4", "c:/users/me/LAB/v/c.mp4"]
+    rewrite_video_rows(labels, [json.dumps({"backend": {"filename": o}}) for o in originals])
+    return lab, labels
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_client_and_worker_map_the_same_rules_to_the_same_paths(
+    both_sides: tuple[Path, Path], data: st.DataObject
+) -> None:
+    """Property: for any rules, the client's model (what the UI shows and saves) and the
+    worker's check give every video the same worker path."""
+    from sleap_rtc.paths.model import apply_prefixes
+
+    lab, labels = both_sides
+    keys = ["C:\\Users\\me", "c:/users/me/lab", "/Users/me", "/Users/me/lab/v", "/users/me"]
+    keys += ["C:/Users/Me/lab/v/", "\\\\server\\share"]
+    targets = [str(lab), str(lab / "t"), str(lab / "t" / "deeper")]
+    rules = data.draw(st.dictionaries(st.sampled_from(keys), st.sampled_from(targets), max_size=3))
+    result = check(checker(lab, index=False), labels, prefix_mappings=rules)
+    if result.refused_mappings:  # two spellings of one key: refused on both sides
+        from sleap_rtc.paths.model import mapping_problems
+
+        assert mapping_problems({}, rules)
+        return
+    for video in result.videos:
+        client = apply_prefixes(video.original_path, rules)
+        if client is None:
+            assert video.status == OUTSIDE, video
+        else:
+            assert video.worker_path == os.path.normpath(client), (video, rules)

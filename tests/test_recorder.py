@@ -337,11 +337,11 @@ def test_parse_size() -> None:
         parse_size("lots")
 
 
-def test_bad_arguments() -> None:
+def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        CaptureWriter("/tmp/never.mcap", max_bytes=10)
-    writer = CaptureWriter("/tmp/sleap-rtc-test-role.mcap", background=False)
+        CaptureWriter(tmp_path / "never.mcap", max_bytes=10)
+    assert not (tmp_path / "never.mcap").exists()
+    writer = CaptureWriter(tmp_path / "role.mcap", background=False)
     with pytest.raises(ValueError):
         writer.connection("c", local_peer="a", remote_peer="b", local_role="server")
     writer.close()
-    Path("/tmp/sleap-rtc-test-role.mcap").unlink()

@@ -25,11 +25,10 @@ from sleap_rtc.client.views import (
     PrefixView,
     SuggestionView,
     VideoView,
-    apply_prefixes,
-    has_prefix,
-    infer_prefix,
     storage_hint,
 )
+from sleap_rtc.paths.infer import specific_rule
+from sleap_rtc.paths.model import apply_prefixes, has_prefix
 from sleap_rtc_proto.v1 import paths_pb2 as PP
 
 
@@ -132,9 +131,18 @@ def test_prefix_helpers() -> None:
     assert apply_prefixes("C:\\data\\day1\\x.mp4", {"C:\\data": "/mnt/d"}) == "/mnt/d/day1/x.mp4"
     assert apply_prefixes("/a/b/x", {"/a": "/1", "/a/b": "/2"}) == "/2/x"
     assert apply_prefixes("/z/x", {"/a": "/1"}) is None
-    assert infer_prefix("/Users/me/data/a.mp4", "/mnt/lab/data/a.mp4") == ("/Users/me", "/mnt/lab")
-    assert infer_prefix("/same/a.mp4", "/same/a.mp4") is None
-    assert prefixes_learned({"/Users/me/x/a.mp4": "/mnt/x/a.mp4"}) == {"/Users/me": "/mnt"}
+    assert specific_rule("/Users/me/data/a.mp4", "/mnt/lab/data/a.mp4") == (
+        "/Users/me/data",
+        "/mnt/lab/data",
+    )
+    assert specific_rule("/same/a.mp4", "/same/a.mp4") is None
+    # Saved rules are the specific form (the folders), never "longest common tail stripped".
+    assert prefixes_learned({"/Users/me/x/a.mp4": "/mnt/x/a.mp4"}) == {"/Users/me/x": "/mnt/x"}
+    readme = {"/Volumes/lab-share/p/v/a.mp4": "/mnt/lab-share/p/v/a.mp4"}
+    assert prefixes_learned(readme, ["/mnt/lab-share"]) == {
+        "/Volumes/lab-share/p/v": "/mnt/lab-share/p/v"
+    }
+    assert prefixes_learned({"/Volumes/a.mp4": "/mnt/a.mp4"}, ["/mnt/lab-share"]) == {}
 
 
 # ----------------------------------------------------------------------------- auto
@@ -203,7 +211,7 @@ def test_terminal_takes_a_numbered_suggestion() -> None:
     assert resolution is not None
     assert dict(resolution.path_mappings) == {"/c/a.mp4": "/mnt/old/a.mp4"}
     text = out.getvalue()
-    assert "/mnt/x.mp4" in text and "1 found, 1 missing" in text
+    assert "/mnt/x.mp4" in text and "1 found, 1 not usable on the worker" in text
     assert "same name" in text and "0.90" in text
 
 
@@ -235,7 +243,7 @@ def test_terminal_prefix_proposal_with_p() -> None:
     assert resolution is not None
     assert dict(resolution.prefix_mappings) == {"/Users/me": "/mnt/lab"}
     assert resolution.path_mappings == {}  # no per-video questions: the rule covers both
-    assert "resolves 2 missing video(s)" in out.getvalue()
+    assert "resolves 2 video(s)" in out.getvalue()
 
 
 def test_terminal_declines_proposal_then_uses_p_on_a_video() -> None:
@@ -277,7 +285,8 @@ def test_terminal_missing_labels_file() -> None:
     resolution = resolver(view)
     assert resolution is not None
     assert dict(resolution.path_mappings) == {"/c/l.slp": "/mnt/real/l.slp"}
-    assert "Missing labels file" in out.getvalue()
+    assert "Not usable on the worker: labels file" in out.getvalue()
+    assert "[a worker path for the labels file, s = skip, c = cancel]: " in out.getvalue()
 
 
 def test_terminal_gives_up_after_bounded_bad_answers() -> None:
@@ -322,3 +331,49 @@ def test_views_are_frozen() -> None:
                      videos=(VideoView(0, "/a", "/a", "found"),))
     with pytest.raises(AttributeError):
         view.attempt = 2  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- issue 11
+
+
+def test_labels_file_suggestion_is_taken_like_a_video_one() -> None:
+    result = result_with(labels_status=PP.PATH_STATUS_OUTSIDE_MOUNTS)
+    result.labels.suggestions.add(worker_path="/mnt/s/l.slp", score=0.75,
+                                  reason=PP.SUGGESTION_REASON_SAME_NAME)
+    view = CheckView.from_result(result)
+    assert view.labels.suggestions[0].worker_path == "/mnt/s/l.slp"
+    assert dict(AutoResolver()(view).path_mappings) == {"/c/l.slp": "/mnt/s/l.slp"}
+    resolver, out = scripted("1")
+    resolution = resolver(view)
+    assert resolution is not None and dict(resolution.path_mappings) == {
+        "/c/l.slp": "/mnt/s/l.slp"
+    }
+    assert "not on the worker's shared storage" in out.getvalue()  # words, not outside_mounts
+
+
+def test_check_resolves_with_saved_rules_only() -> None:
+    from sleap_rtc.client.resolve import SavedRulesResolver
+
+    result = result_with(missing(0, "/Volumes/s/p/a.mp4"), mounts=["/mnt/s"])
+    view = CheckView.from_result(result, saved_prefixes={"/Volumes/s/p": "/mnt/s/p"})
+    assert dict(SavedRulesResolver()(view).prefix_mappings) == {"/Volumes/s/p": "/mnt/s/p"}
+    bare = CheckView.from_result(result)
+    with pytest.raises(ResolutionFailed) as failed:
+        SavedRulesResolver()(bare)
+    assert failed.value.missing == ["/Volumes/s/p/a.mp4"]
+
+
+def test_windows_paths_print_as_typed(tmp_path: Path) -> None:
+    windows = "C:\\Users\\me\\a.mp4"
+    result = result_with(missing(0, windows))
+    result.videos[0].detail = f"{windows} is a Windows path, not on the worker's shared storage"
+    resolver, out = scripted("c")
+    resolver(CheckView.from_result(result))
+    assert windows in out.getvalue() and "\\\\" not in out.getvalue()
+
+
+def test_store_forgets_refused_rules(tmp_path: Path) -> None:
+    store = PrefixStore(tmp_path / "p.json")
+    store.remember({"/Volumes": "/mnt", "/Volumes/s/p": "/mnt/s/p"}, worker_id="w")
+    store.forget(["/Volumes"], worker_id="w")
+    assert store.load("w") == {"/Volumes/s/p": "/mnt/s/p"}

@@ -7,6 +7,8 @@ test_client_session.py and test_worker_session.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,6 +30,7 @@ from sleap_rtc.worker.batching import coalesce
 from sleap_rtc.worker.events import ClientAccepted, ClientViolation, RequestReceived
 from sleap_rtc.worker.session import WorkerInfo, WorkerSession
 from sleap_rtc_proto.bodies import Feature
+from sleap_rtc_proto.stream import MessageStream
 from sleap_rtc_proto.v1 import error_pb2, job_pb2, paths_pb2, progress_pb2
 from sleap_rtc_proto.versions import SUPPORTED, Version, VersionRange
 
@@ -263,7 +266,7 @@ def test_coalesced_progress_reaches_the_client_as_items_in_order() -> None:
     ] * 2 + [JobCompleted]
 
 
-@settings(max_examples=50)
+@settings(max_examples=settings.default.max_examples // 2)
 @given(st.lists(st.integers(1, 4), min_size=1, max_size=12), st.randoms(use_true_random=False))
 def test_batches_survive_reordering_by_sequence(groups: list[int], rnd: object) -> None:
     pair = SessionPair()
@@ -280,6 +283,38 @@ def test_batches_survive_reordering_by_sequence(groups: list[int], rnd: object) 
     events = pair.deliver("client", order=order)
     got = sorted(e.progress.sequence for e in events if isinstance(e, ProgressReceived))
     assert got == list(range(1, sequence + 1))
+
+
+def test_a_request_needs_its_feature_and_version_in_effect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sleap_rtc_proto import bodies
+    from sleap_rtc_proto.errors import SessionMisuse
+
+    no_attach = WorkerSession(
+        WorkerInfo(worker_id="w1", features=("fragments",)), verifier=None, session_id="s"
+    )
+    pair = SessionPair(worker=no_attach)
+    pair.handshake()
+    with pytest.raises(SessionMisuse, match="attach feature"):
+        pair.client.request(job_pb2.JobAttach(job_id="j1"), now=0.0)
+    assert pair.client.pending == {}
+    # Pretend JobControl arrived in 1.1: a 1.0 connection may not send it, and a
+    # worker that gets it anyway answers UNEXPECTED naming the version.
+    row = bodies.ROWS["job_control"]
+    later = dataclasses.replace(row, since=Version(1, 1))
+    monkeypatch.setitem(bodies.ROWS_BY_TYPE, row.full_name, later)
+    old = SessionPair(client=ClientSession(token="good", supported=VersionRange(V1_0, V1_0)))
+    old.handshake()
+    control = job_pb2.JobControl(job_id="j1", action=job_pb2.CONTROL_ACTION_STOP)
+    with pytest.raises(SessionMisuse, match=r"needs protocol 1\.1"):
+        old.client.request(control, now=0.0)
+    raw = MessageStream(version=V1_0)
+    cid, frames = raw.send(control)
+    [event] = old.worker.receive(frames[0], 0.0)
+    assert isinstance(event, ClientViolation) and event.correlation_id == cid
+    assert event.error.code == error_pb2.ERROR_CODE_UNEXPECTED
+    assert "needs protocol 1.1" in event.error.message
 
 
 def test_worker_refuses_sending_a_client_body_and_an_unauthenticated_send() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.request
 from pathlib import Path
@@ -427,3 +428,114 @@ def test_jwks_over_socket_and_http(tmp_path: Path) -> None:
             )
 
     run(main())
+
+
+# --- nobody locks others out ---------------------------------------------------------------
+
+
+async def _connect_from(server: Any, address: str) -> Any:
+    """A websocket from a given loopback source address (127.0.0.0/8 is all loopback)."""
+    return await connect(server.url, local_addr=(address, 0), open_timeout=5)
+
+
+def test_a_flood_of_sockets_that_never_register_cannot_keep_peers_out(tmp_path: Path) -> None:
+    """1,050 sockets that never register (from one address, then from many): a normal
+    client still connects, registers and discovers at once, every time."""
+
+    async def main() -> None:
+        async with signaling_server(tmp_path, register_timeout_s=5.0) as server:
+            worker = await connect(server.url)
+            assert (await ask(worker, register_worker("w1")))["type"] == "registered_auth"
+            token = server.issuer.issue("alice", "lab")
+            idle: list[Any] = []
+            try:
+                for n in range(1050):  # bounded: one pass
+                    source = "127.0.0.2" if n < 525 else f"127.0.{1 + n % 200}.3"
+                    with contextlib.suppress(OSError, ConnectionClosed, TimeoutError):
+                        idle.append(await _connect_from(server, source))
+                assert len(server.unregistered) <= server.limits.max_unregistered
+                assert len(server._all) <= server.limits.max_connections
+                for _ in range(3):
+                    async with connect(server.url) as c:
+                        reply = await ask(c, register_client(token))
+                        assert reply["type"] == "registered_auth", reply
+                        listing = await ask(c, {"type": "discover_peers"})
+                        assert listing["type"] == "peer_list" and listing["count"] == 1
+                # the registered worker was never touched
+                assert (await ask(worker, {"type": "ping"}))["type"] == "pong"
+                assert server.unregistered.evicted >= 1050 - server.limits.max_unregistered
+            finally:
+                await asyncio.gather(*(ws.close() for ws in idle), return_exceptions=True)
+                await worker.close()
+
+    run(main(), timeout=120)
+
+
+def test_an_unregistered_socket_is_closed_at_the_short_deadline(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with signaling_server(tmp_path) as server:
+            assert server.limits.register_timeout_s <= 5.0
+            async with connect(server.url) as ws:
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), server.limits.register_timeout_s + 3)
+                assert ws.close_code == 1008
+
+    run(main(), timeout=20)
+
+
+def test_wrong_passphrases_lock_out_only_their_source(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with signaling_server(tmp_path, max_login_failures=3) as server:
+            attacker = await _connect_from(server, "127.0.0.2")
+            try:
+                for i in range(10):
+                    reply = await ask(attacker, {"type": "login", "room_id": "lab",
+                                                 "user": "x", "secret": f"guess-{i}"})
+                    assert reply["code"] == ("bad_credentials" if i < 3 else "rate_limited")
+                assert "from your address" in reply["reason"]
+                # another address logs in to the same room at once
+                async with connect(server.url) as user:
+                    ok = await ask(user, {"type": "login", "room_id": "lab", "user": "ann",
+                                          "secret": "open sesame"})
+                    assert ok["type"] == "token", ok
+            finally:
+                await attacker.close()
+
+    run(main())
+
+
+def test_login_failures_remembered_are_bounded(tmp_path: Path) -> None:
+    from sleap_rtc.signaling.protocol import MessageError
+    from sleap_rtc.signaling.web import LoginDesk
+
+    desk = LoginDesk({}, TokenIssuer.generate(), max_failures=2, max_sources=100)
+    for n in range(1000):
+        with pytest.raises(MessageError):
+            desk.issue("lab", "u", "wrong", source=f"10.0.{n // 250}.{n % 250}")
+    assert len(desk._failures) == 100
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 30_000 + "]" * 30_000,
+        '{"type": "ping", "x": ' + "[" * 20_000 + "]" * 20_000 + "}",
+        "{" * 20_000,
+    ],
+)
+def test_deep_json_is_bad_json_without_a_traceback(
+    tmp_path: Path, raw: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with (
+            signaling_server(tmp_path, max_message_bytes=128 * 1024) as server,
+            connect(server.url, max_size=None) as ws,
+        ):
+            for _ in range(3):
+                await ws.send(raw)
+                reply = await recv_json(ws)
+                assert reply["type"] == "error" and reply["code"] == "bad_json", reply
+            assert (await ask(ws, {"type": "ping"}))["type"] == "pong"  # still usable
+
+    run(main())
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"

@@ -176,7 +176,9 @@ _JSONISH = st.recursive(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=3 * settings.default.max_examples // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(rows=st.lists(_JSONISH.map(json.dumps) | st.binary(max_size=20).map(repr), max_size=3))
 def test_arbitrary_rows_never_crash(tmp_path: Path, rows: list[str]) -> None:

@@ -102,7 +102,7 @@ def test_validate_uses_the_protocol_rules() -> None:
 _paths = st.text(alphabet="abc/_.", min_size=1, max_size=20).map(lambda s: "/" + s)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=2 * settings.default.max_examples, deadline=None)
 @given(
     content=st.one_of(st.none(), st.text(max_size=50)),
     paths=st.lists(_paths, max_size=3),

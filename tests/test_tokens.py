@@ -98,7 +98,7 @@ def test_missing_and_malformed_tokens(verifier: TokenVerifier) -> None:
     assert reason_of(verifier, "not a jwt") == "malformed"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=2 * settings.default.max_examples, deadline=None)
 @given(st.text(max_size=300))
 def test_garbage_only_ever_raises_token_error(verifier: TokenVerifier, text: str) -> None:
     with pytest.raises(TokenError):
@@ -130,3 +130,50 @@ def test_redact_and_unverified_expiry(issuer: TokenIssuer) -> None:
     assert redact("") == "<no token>"
     assert unverified_expiry(token) == 1050.0
     assert unverified_expiry("garbage") is None
+
+
+# --- one expiry leeway everywhere; an operator limit on token lifetime --------------------
+
+
+def test_one_expiry_leeway_for_every_check(issuer: TokenIssuer) -> None:
+    """A token that expired seconds ago is refused by the verifier (worker, signaling,
+    login --token-file) and by the client's stored-token check alike."""
+    from sleap_rtc.auth.tokens import DEFAULT_LEEWAY_S
+    from sleap_rtc.client.auth import AuthCheck
+
+    now = time.time()
+    token = issuer.issue("alice", "lab", ttl_s=60, now=now - 65)  # expired 5 s ago
+    verifier = TokenVerifier.from_jwks(issuer.jwks(), issuer=issuer.issuer)
+    assert verifier.leeway_s == DEFAULT_LEEWAY_S == AuthCheck.leeway_s
+    assert reason_of(verifier, token) == "expired"
+    check = AuthCheck(get_token=lambda: token, login=lambda: None)
+    assert check._problem(token) is not None
+    fresh = issuer.issue("alice", "lab", ttl_s=60)
+    assert verifier.verify(fresh).subject == "alice" and check._problem(fresh) is None
+    # a token issued by a server whose clock runs a little ahead is still fine
+    ahead = issuer.issue("alice", "lab", ttl_s=60, now=now + 10)
+    assert verifier.verify(ahead).subject == "alice"
+
+
+def test_tokens_living_longer_than_the_limit_are_refused(issuer: TokenIssuer) -> None:
+    limited = TokenVerifier.from_jwks(
+        issuer.jwks(), issuer=issuer.issuer, max_lifetime_s=7 * 24 * 3600
+    )
+    century = issuer.issue("alice", "lab", ttl_s=100 * 365 * 86400)
+    with pytest.raises(TokenError) as info:
+        limited.verify(century)
+    assert info.value.reason == "lifetime_too_long"
+    assert "longer than this verifier's limit of 168 h" in info.value.message
+    assert limited.verify(issuer.issue("alice", "lab", ttl_s=12 * 3600)).subject == "alice"
+    unlimited = TokenVerifier.from_jwks(issuer.jwks(), issuer=issuer.issuer)
+    assert unlimited.verify(century).subject == "alice"
+
+
+def test_jwks_fingerprint_is_stable_and_tells_keys_apart(issuer: TokenIssuer) -> None:
+    from sleap_rtc.auth.tokens import jwks_fingerprint
+
+    jwks = issuer.jwks()
+    shuffled = {"keys": [dict(reversed(list(k.items()))) for k in jwks["keys"]], "extra": 1}
+    assert jwks_fingerprint(jwks) == jwks_fingerprint(shuffled)
+    assert jwks_fingerprint(jwks).startswith("SHA256:")
+    assert jwks_fingerprint(jwks) != jwks_fingerprint(TokenIssuer.generate().jwks())

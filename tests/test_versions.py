@@ -58,7 +58,7 @@ def test_invalid_ranges(bad) -> None:
 
 
 def test_version_helpers() -> None:
-    assert str(CURRENT) == "1.1" and str(SUPPORTED) == "1.0..1.1"
+    assert str(CURRENT) == "1.2" and str(SUPPORTED) == "1.0..1.2"  # 1.2: paths fields
     assert SUPPORTED.min <= CURRENT <= SUPPORTED.max
     assert Version(1, 10) > Version(1, 9) > Version(0, 99)
     proto = Version(1, 7).to_proto()

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aioice.ice
 import pytest
@@ -419,3 +420,65 @@ def test_cancelled_connect_leaves_no_open_peer_connection(
                     await asyncio.sleep(0.01)
 
     run(main())
+
+
+# --- one member's stuck offers cannot block another member ---------------------------------
+
+
+async def _stuck_offers(signaling: SignalingClient, n: int) -> list[Any]:
+    """``n`` real offers whose ICE never completes (the answers are never applied)."""
+    from aiortc import RTCPeerConnection
+
+    from sleap_rtc.transport.loopback import loopback_candidates
+
+    pcs = []
+    for i in range(n):
+        pc = RTCPeerConnection()
+        pc.createDataChannel("sleap-rtc")
+        with loopback_candidates(True):
+            await pc.setLocalDescription(await pc.createOffer())
+        await signaling.relay("offer", "w1", sdp=pc.localDescription.sdp, session=f"stuck-{i}")
+        pcs.append(pc)
+    return pcs
+
+
+@pytest.mark.parametrize(("attackers", "max_pending"), [(1, 16), (4, 4)])
+def test_stuck_offers_from_one_member_do_not_block_another(
+    tmp_path: Path, attackers: int, max_pending: int
+) -> None:
+    async def main() -> float:
+        async with (
+            signaling_server(tmp_path) as server,
+            peers(server) as (worker, client),
+            Answerer(worker, loopback=True, timeout=15, max_pending=max_pending) as answerer,
+        ):
+            hostile = []
+            pcs: list[Any] = []
+            try:
+                for _ in range(attackers):
+                    sig = await SignalingClient.connect(server.url, timeout=5)
+                    await sig.register(
+                        room_id="lab", role="client", token=server.issuer.issue("mallory", "lab")
+                    )
+                    hostile.append(sig)
+                    pcs += await _stuck_offers(sig, 16 // attackers)
+                await asyncio.sleep(0.5)  # the worker has taken them all
+                started = time.monotonic()
+                link = await offer_link(client, "w1", loopback=True, timeout=10)
+                theirs = await answerer.accept(timeout=10)
+                took = time.monotonic() - started
+                await link.send(b"served")
+                assert await theirs.recv() == b"served"
+                await link.close()
+                await theirs.close()
+                assert answerer.superseded >= 1
+                assert len(answerer._pending) <= max_pending
+                return took
+            finally:
+                for pc in pcs:
+                    await pc.close()
+                for sig in hostile:
+                    await sig.close()
+
+    took = run(main(), timeout=60)
+    assert took < 5.0, took

@@ -18,7 +18,8 @@ from support.client import RawClient
 
 from sleap_rtc.auth.tokens import TokenIssuer, TokenVerifier
 from sleap_rtc.transport.link import MemoryLink, memory_link_pair
-from sleap_rtc.worker.service import WorkerConfig, WorkerService
+from sleap_rtc.worker.service import WorkerService
+from sleap_rtc.worker.serviceconfig import WorkerConfig
 from sleap_rtc.worker.trainer import RunLimits
 from sleap_rtc_proto.codec import body_of
 from sleap_rtc_proto.v1 import error_pb2, handshake_pb2, job_pb2, paths_pb2, progress_pb2, spec_pb2
@@ -613,3 +614,48 @@ def test_v1_0_client_gets_plain_progress(env: Env) -> None:
         assert [m.sequence for m in messages] == list(range(1, end.sequence + 1))
 
     run(env, body)
+
+
+def test_every_request_in_the_body_table_has_a_handler(env: Env) -> None:
+    """A request row without a worker handler would be answered INTERNAL: none is."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import make_golden
+
+    from sleap_rtc_proto import bodies
+
+    samples = {name: body for name, (body, _) in make_golden._bodies().items()}
+
+    async def body(service: WorkerService, connect: Callable[..., Awaitable[Any]]) -> None:
+        client, _ = await connect()
+        for name in sorted(bodies.REQUESTS - {"hello"}):
+            answer = await client.request(samples[name])  # type: ignore[arg-type]
+            got = answer.WhichOneof("body")
+            assert got in bodies.answers_to(name), (name, got)
+            if got == "error":
+                assert answer.error.code != E.ERROR_CODE_INTERNAL, (name, answer.error.message)
+
+    run(env, body)
+
+
+def test_labels_suggestions_only_where_the_feature_was_agreed(env: Env) -> None:
+    """1.2 labels-file suggestions go to a client that named the feature, not to others."""
+    moved = str(env.mnt / "old" / env.labels.name)  # not there; the same name is in data/
+
+    async def body(service: WorkerService, connect: Callable[..., Awaitable[Any]]) -> None:
+        got = {}
+        for features in (("fragments", "attach", "labels_suggestions"), ("fragments",)):
+            client, _ = await connect(hello=False)
+            ack = await client.hello(features=features)
+            assert ack.WhichOneof("body") == "hello_ack"
+            for _ in range(50):  # the start-up index walk runs in a thread
+                answer = await client.request(paths_pb2.PathCheckRequest(labels_path=moved))
+                result = body_of(answer)
+                assert isinstance(result, paths_pb2.PathCheckResult)
+                if result.labels.suggestions or "labels_suggestions" not in features:
+                    break
+                await asyncio.sleep(0.05)
+            got[features[-1]] = [s.worker_path for s in result.labels.suggestions]
+        assert got["labels_suggestions"] == [str(env.labels)]
+        assert got["fragments"] == []
+
+    run(env, body, build_index=True)

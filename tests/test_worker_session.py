@@ -362,7 +362,11 @@ def still_usable(pair: Pair) -> None:
     )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=3 * settings.default.max_examples,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(frames=st.lists(st.binary(max_size=300), max_size=5), authenticated=st.booleans())
 def test_random_bytes_never_crash(frames: list[bytes], authenticated: bool) -> None:
     pair = Pair()
@@ -406,7 +410,11 @@ _bodies = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=3 * settings.default.max_examples,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(bodies=st.lists(_bodies, max_size=8))
 def test_random_valid_envelopes_never_crash(bodies: list[Message]) -> None:
     pair = Pair()
@@ -435,7 +443,7 @@ def test_progress_batch_is_agreed_only_from_1_1_and_when_asked() -> None:
     pair.send(handshake_pb2.Hello(**{**_hello_kw(), "features": features}))
     ack = pair.reply().hello_ack
     assert list(ack.features) == features and pair.worker.features == frozenset(features)
-    assert (ack.chosen_version.major, ack.chosen_version.minor) == (1, 1)
+    assert Version.from_proto(ack.chosen_version) == SUPPORTED.max
     # a v1.0 peer that (wrongly) lists the feature still gets plain 1.0 and no batches
     old = Pair()
     old.client.version = Version(1, 0)

@@ -27,8 +27,12 @@ AUDIENCE = "sleap-rtc"
 #: Default issuer name (the embedded signaling server).
 ISSUER = "sleap-rtc-signal"
 ALGORITHM = "EdDSA"
-#: Seconds of clock skew tolerated on exp/nbf/iat.
-DEFAULT_LEEWAY_S = 30.0
+#: The one expiry leeway every check uses (the worker's and the signaling server's
+#: verifiers, the client's stored-token checks, ``login --token-file``): a token is
+#: expired from its ``exp`` on, so no command accepts a token another refuses.
+DEFAULT_LEEWAY_S = 0.0
+#: Seconds a token's ``iat``/``nbf`` may lie in the future (the issuer's clock ahead).
+NOT_BEFORE_SKEW_S = 30.0
 DEFAULT_TTL_S = 12 * 3600
 
 
@@ -142,13 +146,19 @@ class TokenVerifier:
         audience: str = AUDIENCE,
         issuer: str = ISSUER,
         leeway_s: float = DEFAULT_LEEWAY_S,
+        skew_s: float = NOT_BEFORE_SKEW_S,
+        max_lifetime_s: float | None = None,
     ) -> None:
+        """``max_lifetime_s``: refuse validly signed tokens whose ``exp - iat`` exceeds
+        it (an operator limit; None accepts any lifetime)."""
         if not keys:
             raise ValueError("a TokenVerifier needs at least one public key")
         self._keys = dict(keys)
         self.audience = audience
         self.issuer = issuer
         self.leeway_s = leeway_s
+        self.skew_s = skew_s
+        self.max_lifetime_s = max_lifetime_s
 
     @classmethod
     def from_jwks(cls, jwks: Mapping[str, Any], **kwargs: Any) -> TokenVerifier:
@@ -189,18 +199,7 @@ class TokenVerifier:
             key = next(iter(self._keys.values()))
         options: Any = {"require": ["exp", "iat", "sub", "aud", "iss"]}
         try:
-            if now is None:
-                payload = jwt.decode(
-                    token,
-                    key,
-                    algorithms=[ALGORITHM],
-                    audience=self.audience,
-                    issuer=self.issuer,
-                    leeway=self.leeway_s,
-                    options=options,
-                )
-            else:
-                payload = self._decode_at(token, key, now, options)
+            payload = self._decode_at(token, key, time.time() if now is None else now, options)
         except jwt.ExpiredSignatureError:
             raise TokenError("expired", "token has expired; log in again") from None
         except jwt.ImmatureSignatureError:
@@ -224,6 +223,13 @@ class TokenVerifier:
             expires_at=float(payload["exp"]),
             token_id=str(payload.get("jti", "")),
         )
+        lifetime = claims.expires_at - claims.issued_at
+        if self.max_lifetime_s is not None and lifetime > self.max_lifetime_s:
+            raise TokenError(
+                "lifetime_too_long",
+                f"token lives {lifetime / 3600:.4g} h, longer than this verifier's limit of "
+                f"{self.max_lifetime_s / 3600:.4g} h; log in again for a shorter token",
+            )
         if room is not None and claims.room != room:
             raise TokenError("wrong_room", f"token is for room {claims.room!r}, not {room!r}")
         return claims
@@ -231,7 +237,8 @@ class TokenVerifier:
     def _decode_at(
         self, token: str, key: Ed25519PublicKey, now: float, options: Any
     ) -> dict[str, Any]:
-        """Decode with an explicit clock: pyjwt reads time itself, so check times here."""
+        """Decode with an explicit clock (pyjwt reads time itself, so times are checked
+        here): expired from ``exp + leeway_s`` on; ``iat``/``nbf`` up to ``skew_s`` ahead."""
         relaxed: Any = {**options, "verify_exp": False, "verify_nbf": False, "verify_iat": False}
         payload: dict[str, Any] = jwt.decode(
             token,
@@ -243,9 +250,20 @@ class TokenVerifier:
         )
         if float(payload["exp"]) + self.leeway_s <= now:
             raise jwt.ExpiredSignatureError()
-        if float(payload.get("nbf", payload["iat"])) - self.leeway_s > now:
+        if float(payload.get("nbf", payload["iat"])) - self.skew_s > now:
             raise jwt.ImmatureSignatureError()
         return payload
+
+
+def jwks_fingerprint(jwks: Mapping[str, Any]) -> str:
+    """A short, stable fingerprint of a JWKS's Ed25519 keys (``SHA256:<hex>``): the
+    sorted (kid, x) pairs, so key order and extra fields do not change it."""
+    import hashlib
+
+    entries: Sequence[Mapping[str, Any]] = jwks.get("keys", [])
+    pairs = sorted((str(e.get("kid", "")), str(e.get("x", ""))) for e in entries)
+    digest = hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+    return f"SHA256:{digest[:32]}"
 
 
 def unverified_expiry(token: str) -> float | None:

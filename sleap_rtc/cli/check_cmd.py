@@ -12,6 +12,8 @@ DESCRIPTION = """\
 Path check only: connect to a worker of the room, ask it whether the labels file
 and every video it references are visible on its mounts, and print what was found,
 what is missing, and the worker's suggestions. Submits nothing.
+Saved prefix rules are applied first, exactly as `train` applies them (unless
+--no-saved-mappings), so check and train resolve the same way.
 Exit code 0 when everything was found, 1 when something is missing.
 """
 
@@ -50,11 +52,18 @@ async def _check(args: argparse.Namespace, settings: Any, token: str) -> int:
 
     from sleap_rtc.cli.clientflow import build_flow, exit_code, fail, pairs
     from sleap_rtc.cli.common import say
-    from sleap_rtc.client.resolve import TerminalResolver
+    from sleap_rtc.client.resolve import SavedRulesResolver, TerminalResolver
     from sleap_rtc.client.wiring import find_worker
 
     worker = await find_worker(settings, token)
-    flow = build_flow(settings, token, worker, use_saved=not args.no_saved_mappings)
+    use_saved = not args.no_saved_mappings
+    flow = build_flow(
+        settings,
+        token,
+        worker,
+        use_saved=use_saved,
+        resolver=SavedRulesResolver() if use_saved else None,
+    )
     result = await flow.check(
         args.labels, path_mappings=pairs(args.map), prefix_mappings=pairs(args.prefix)
     )
@@ -64,11 +73,22 @@ async def _check(args: argparse.Namespace, settings: Any, token: str) -> int:
         return int(exit_code(result) if view is None or result.ok else ExitCode.FAILED)
     if view is not None:
         TerminalResolver(console=Console()).show(view)
+        if not view.labels.ok and view.labels.suggestions:
+            best = view.labels.suggestions[0]
+            say(
+                f"suggestion: {view.labels.original_path} -> {best.worker_path} "
+                f"(score {best.score:.2f})"
+            )
         for video in view.missing:
             if video.suggestions:
                 best = video.suggestions[0]
                 score = f"score {best.score:.2f}"
                 say(f"suggestion: {video.original_path} -> {best.worker_path} ({score})")
+        for rule in view.prefix_proposals:
+            say(
+                f"prefix rule: {rule.original_prefix} -> {rule.worker_prefix} "
+                f"(resolves {len(rule.resolves)} video(s))"
+            )
     if result.ok:
         say("All paths were found on the worker.")
         return int(ExitCode.OK)
@@ -85,27 +105,51 @@ def _as_json(result: Any) -> dict[str, Any]:
         "stage": result.stage,
         "labels_path": result.labels_path,
     }
+    out["path_mappings"] = dict(result.path_mappings)
+    out["prefix_mappings"] = dict(result.prefix_mappings)
     if view is not None:
         out["labels"] = {
             "original_path": view.labels.original_path,
             "worker_path": view.labels.worker_path,
             "status": view.labels.status,
+            "detail": view.labels.detail,
+            "suggestions": [_suggestion(s) for s in view.labels.suggestions],
         }
         out["videos"] = [
             {
+                "index": v.index,
                 "original_path": v.original_path,
                 "worker_path": v.worker_path,
                 "status": v.status,
-                "suggestions": [
-                    {"worker_path": s.worker_path, "reason": s.reason, "score": s.score}
-                    for s in v.suggestions
-                ],
+                "detail": v.detail,
+                "suggestions": [_suggestion(s) for s in v.suggestions],
             }
             for v in view.videos
         ]
         out["prefix_proposals"] = [
-            {"original_prefix": p.original_prefix, "worker_prefix": p.worker_prefix}
+            {
+                "original_prefix": p.original_prefix,
+                "worker_prefix": p.worker_prefix,
+                "resolves": list(p.resolves),
+                "evidence": p.evidence,
+            }
             for p in view.prefix_proposals
         ]
+        out["applied_prefix_mappings"] = dict(view.prefix_mappings)
+        out["applied_path_mappings"] = dict(view.path_mappings)
+        out["refused_mappings"] = [
+            {"kind": r.kind, "original": r.original, "worker": r.worker, "reason": r.reason}
+            for r in view.refused
+        ]
+        out["notes"] = list(view.notes)
         out["hint"] = view.hint
     return out
+
+
+def _suggestion(s: Any) -> dict[str, Any]:
+    return {
+        "worker_path": s.worker_path,
+        "reason": s.reason,
+        "score": s.score,
+        "explanation": s.explanation,
+    }

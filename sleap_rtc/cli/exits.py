@@ -46,7 +46,7 @@ def typed_exit(exc: BaseException) -> CliError | None:
     Each of those errors carries its one-line message; the table below is the only
     place that decides which exit code it gets. Imported lazily: ``--help`` stays fast.
     """
-    from sleap_rtc.client import wiring
+    from sleap_rtc.client import reattach, wiring
     from sleap_rtc.demo import DemoFailed, DemoSetupError, DemoWorkerNotReady
     from sleap_rtc.worker import runtime
 
@@ -59,6 +59,10 @@ def typed_exit(exc: BaseException) -> CliError | None:
         (wiring.WorkerUnreachable, ExitCode.UNREACHABLE),
         (wiring.SignalingRefused, ExitCode.FAILED),
         (wiring.CaptureUnwritable, ExitCode.USAGE),
+        # client side: re-attaching to a job by id (train --job-id)
+        (reattach.ReattachUnreachable, ExitCode.UNREACHABLE),
+        (reattach.ReattachLoginRequired, ExitCode.LOGIN_REQUIRED),
+        (reattach.ReattachRefused, ExitCode.FAILED),
         # the worker's runtime
         (runtime.WorkerSetupError, ExitCode.USAGE),
         (runtime.WorkerCredentialRefused, ExitCode.LOGIN_REQUIRED),

@@ -181,7 +181,7 @@ async def _train(args: argparse.Namespace, settings: Any, token: str, content: s
     say(f"worker: {worker.name} ({worker.peer_id}) in room {settings.room!r}")
 
     def accepted(view: Any) -> None:
-        extra = " (already running: re-attached)" if view.duplicate else ""
+        extra = " (the worker already had it: re-attached)" if view.duplicate else ""
         say(f"job {view.job_id} accepted{extra}; run folder on the worker: {view.run_dir}")
         for warning in view.warnings:
             say(f"warning: {warning}")
@@ -280,85 +280,31 @@ async def reattach(
     connect: Callable[[], Awaitable[Any]],
     stop_requested: Callable[[], bool],
 ) -> int | None:
-    """Follow ``job_id`` if the worker knows it (JobAttach); None when it does not.
+    """Follow ``job_id`` if the worker knows it; None when it does not.
 
-    Re-running ``train`` with the same ``--job-id`` after a dropped connection lands
-    here: the job's state, the progress already made (replayed) and the rest, without
-    a second path check or submit.
+    The flow lives in :func:`sleap_rtc.client.reattach.reattach`; here its outcome
+    becomes an exit code (its typed errors map through ``exits.typed_exit``).
     """
-    import asyncio
-
-    from sleap_rtc.cli.clientflow import CLIENT_NAME
+    from sleap_rtc.cli.clientflow import CLIENT_NAME, exit_code, fail
     from sleap_rtc.cli.common import say
-    from sleap_rtc.client.connection import (
-        ConnectionLost,
-        HelloRefusedError,
-        RemoteError,
-        RequestTimeout,
-        WorkerConnection,
-    )
-    from sleap_rtc.client.events import JobCompleted, JobFailedEvent
-    from sleap_rtc.client.results import CONNECTION_LOST, COULD_NOT_CONNECT, LOGIN_REQUIRED
-    from sleap_rtc.client.session import ClientSession
-    from sleap_rtc.client.wiring import LoginRefused
-    from sleap_rtc_proto.v1 import error_pb2, job_pb2
+    from sleap_rtc.client.reattach import reattach as follow_job
+    from sleap_rtc_proto.v1 import job_pb2
 
-    try:
-        link = await connect()
-    except LoginRefused:
-        raise
-    except Exception as exc:
-        raise CliError(f"{COULD_NOT_CONNECT} ({exc})", ExitCode.UNREACHABLE) from None
-    conn = WorkerConnection(link, ClientSession(token=token, client_name=CLIENT_NAME))
-    try:
-        try:
-            await conn.hello(timeout_s=10)
-        except HelloRefusedError as exc:
-            if exc.code == error_pb2.ERROR_CODE_UNAUTHENTICATED:
-                raise CliError(
-                    f"{LOGIN_REQUIRED} ({exc.message})", ExitCode.LOGIN_REQUIRED
-                ) from None
-            raise CliError(f"{COULD_NOT_CONNECT} ({exc.message})", ExitCode.UNREACHABLE) from None
-        try:
-            status = await conn.attach(job_id, 0, timeout_s=10)
-        except RemoteError as exc:
-            if exc.code == error_pb2.ERROR_CODE_NOT_FOUND:
-                return None
-            raise CliError(f"cannot attach to {job_id}: {exc.message}", ExitCode.FAILED) from None
+    def attached(status: job_pb2.JobStatus) -> None:
         state = job_pb2.JobState.Name(status.state).removeprefix("JOB_STATE_").lower()
         say(f"job {job_id} is {state} on the worker: re-attached; run folder: {status.run_dir}")
-        for sink in sinks:
-            getattr(sink, "open", lambda: None)()
-        stop_sent = False
-        me = asyncio.current_task()
-        try:
-            while True:
-                if me is not None and me.cancelling():
-                    # A cancellation (Ctrl-C twice) swallowed by a wait_for below us on
-                    # Python 3.11 still counts: leave the job running, as asked.
-                    raise asyncio.CancelledError
-                if stop_requested() and not stop_sent:
-                    stop_sent = True
-                    await conn.control(job_id, job_pb2.CONTROL_ACTION_STOP, timeout_s=10)
-                try:
-                    event = await conn.next_event(timeout_s=0.2)
-                except RequestTimeout:
-                    continue
-                for sink in sinks:
-                    sink.handle(event)
-                if isinstance(event, JobCompleted):
-                    return int(ExitCode.OK)
-                if isinstance(event, JobFailedEvent):
-                    raise CliError(f"Training failed: {event.failed.message}", ExitCode.FAILED)
-        finally:
-            for sink in sinks:
-                getattr(sink, "close", lambda: None)()
-    except (ConnectionLost, RequestTimeout) as exc:
-        raise CliError(
-            f"{CONNECTION_LOST} ({exc}); the job keeps running: re-attach with --job-id {job_id}",
-            ExitCode.UNREACHABLE,
-        ) from None
-    except asyncio.CancelledError:
-        raise
-    finally:
-        await conn.close()
+
+    result = await follow_job(
+        token=token,
+        job_id=job_id,
+        sinks=sinks,
+        connect=connect,
+        stop_requested=stop_requested,
+        client_name=CLIENT_NAME,
+        on_attached=attached,
+    )
+    if result is None:
+        return None
+    if not result.ok:
+        raise fail(result)
+    return int(exit_code(result))

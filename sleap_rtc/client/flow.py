@@ -45,7 +45,8 @@ from sleap_rtc.client.connection import (
     WorkerConnection,
 )
 from sleap_rtc.client.draft import draft_spec, final_spec, new_job_id
-from sleap_rtc.client.following import ProgressFollower, ProgressSink
+from sleap_rtc.client.following import ProgressFollower, ProgressSink, answer_or_lost
+from sleap_rtc.client.pathrequest import file_facts, path_check_request
 from sleap_rtc.client.resolve import PrefixStore, ResolutionFailed, Resolver, prefixes_learned
 from sleap_rtc.client.results import (
     CONNECTION_LOST,
@@ -70,8 +71,9 @@ from sleap_rtc.client.training_config import ConfigSource
 from sleap_rtc.client.views import CheckView, Resolution
 from sleap_rtc.jobs.spec import TrainJobSpec
 from sleap_rtc.transport.link import Link
+from sleap_rtc_proto.bodies import Feature
 from sleap_rtc_proto.rules import is_valid_job_id
-from sleap_rtc_proto.v1 import error_pb2, job_pb2, spec_pb2
+from sleap_rtc_proto.v1 import error_pb2, job_pb2, paths_pb2, spec_pb2
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ __all__ = [
 
 #: The limits a flow uses unless given others.
 DEFAULT_TIMEOUTS = FlowTimeouts()
+#: Video statuses that need no mapping.
+_PASSING = (paths_pb2.PATH_STATUS_FOUND, paths_pb2.PATH_STATUS_EMBEDDED)
 
 
 class PresubmissionFlow:
@@ -312,26 +316,20 @@ class PresubmissionFlow:
         ack = conn.session.hello_ack
         worker_id = (ack.worker_id if ack is not None else "") or self.worker_id
         saved = self.store.load(worker_id) if self.store is not None else {}
+        features = tuple(ack.features) if ack is not None else ()
+        facts: list[paths_pb2.ClientFile] = []
         chosen = Resolution()
         view: CheckView | None = None
         for attempt in range(1, self.max_rounds + 2):
-            try:
-                result = await conn.check_paths(
-                    labels_path,
-                    path_mappings=mappings,
-                    prefix_mappings=prefixes,
-                    timeout_s=self.timeouts.check_s,
-                )
-            except ConnectionLost as exc:
-                raise FlowEnded(error_result("check", CONNECTION_LOST, describe(exc),
-                                             view=view)) from None
-            except RequestTimeout as exc:
-                raise FlowEnded(error_result("check", NO_ANSWER, describe(exc),
-                                             view=view)) from None
-            except RemoteError as exc:
-                raise FlowEnded(error_result(
-                    "check", f"The worker could not check the paths: {exc.message}", view=view
-                )) from None
+            result = await self._ask_check(conn, labels_path, mappings, prefixes, features, facts,
+                                           view)
+            if not facts and str(Feature.CLIENT_FILE_FACTS) in features and result.videos:
+                # 1.2: the client's sizes rank same-name-and-size matches first: ask once more
+                facts = file_facts(v.original_path for v in result.videos
+                                   if v.status not in _PASSING)
+                if facts:
+                    result = await self._ask_check(conn, labels_path, mappings, prefixes,
+                                                   features, facts, view)
             view = CheckView.from_result(
                 result,
                 path_mappings=mappings,
@@ -341,9 +339,23 @@ class PresubmissionFlow:
                 attempt=attempt,
                 worker_id=worker_id,
             )
+            if self.store is not None and view.dropped_saved:  # saved rules this worker refuses
+                self.store.forget(view.dropped_saved, worker_id)
+            if view.refused:  # drop what the worker refused; never resend it
+                for refused in view.refused:
+                    (mappings if refused.kind == "exact" else prefixes).pop(refused.original, None)
+                    saved.pop(refused.original, None)
+                chosen = Resolution(
+                    {k: v for k, v in chosen.path_mappings.items() if k in mappings},
+                    {k: v for k, v in chosen.prefix_mappings.items() if k in prefixes},
+                )
+                if self.store is not None:
+                    self.store.forget([r.original for r in view.refused if r.kind == "prefix"],
+                                      worker_id)
             if view.passed:
                 if self.store is not None:
-                    learned = {**prefixes_learned(chosen.path_mappings), **chosen.prefix_mappings}
+                    learned = {**prefixes_learned(chosen.path_mappings, view.mounts),
+                               **chosen.prefix_mappings}
                     self.store.remember(learned, worker_id)
                 return Checked(view, labels_path, dict(mappings), dict(prefixes))
             if self.resolver is None or attempt > self.max_rounds:
@@ -353,7 +365,7 @@ class PresubmissionFlow:
                     else "missing on the worker"
                 )
                 raise FlowEnded(missing_result(view, why))
-            resolution = await self._resolve(view, mappings, prefixes)
+            resolution = await self._resolve(view, mappings, prefixes, conn)
             mappings.update(resolution.path_mappings)
             prefixes.update(resolution.prefix_mappings)
             chosen = Resolution(
@@ -362,13 +374,53 @@ class PresubmissionFlow:
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _ask_check(
+        self,
+        conn: WorkerConnection,
+        labels_path: str,
+        mappings: Mapping[str, str],
+        prefixes: Mapping[str, str],
+        features: Sequence[str],
+        facts: Sequence[paths_pb2.ClientFile],
+        view: CheckView | None,
+    ) -> paths_pb2.PathCheckResult:
+        """One PathCheckRequest (file facts only where negotiated); failures end the flow."""
+        request = path_check_request(labels_path, path_mappings=mappings,
+                                     prefix_mappings=prefixes, features=features, facts=facts)
+        try:
+            result = await answer_or_lost(
+                conn, conn.request(request, timeout_s=self.timeouts.check_s), self.timeouts
+            )
+        except ConnectionLost as exc:
+            raise FlowEnded(error_result("check", CONNECTION_LOST, describe(exc),
+                                         view=view)) from None
+        except RequestTimeout as exc:
+            raise FlowEnded(error_result("check", NO_ANSWER, describe(exc),
+                                         view=view)) from None
+        except RemoteError as exc:
+            raise FlowEnded(error_result(
+                "check", f"The worker could not check the paths: {exc.message}", view=view
+            )) from None
+        assert isinstance(result, paths_pb2.PathCheckResult)  # the session matched the answer
+        return result
+
     async def _resolve(
-        self, view: CheckView, mappings: dict[str, str], prefixes: dict[str, str]
+        self,
+        view: CheckView,
+        mappings: dict[str, str],
+        prefixes: dict[str, str],
+        conn: WorkerConnection | None = None,
     ) -> Resolution:
         """Step 4: the resolution callback; cancel, failure or nothing mapped end the flow."""
         assert self.resolver is not None
         try:
-            resolution = await maybe_await(self.resolver(view))
+            asked = maybe_await(self.resolver(view))
+            # The worker is probed while the user resolves: a dead one ends the flow now.
+            resolution = await (asked if conn is None else answer_or_lost(conn, asked,
+                                                                         self.timeouts))
+        except ConnectionLost as exc:
+            raise FlowEnded(error_result("resolve", CONNECTION_LOST, describe(exc), view=view,
+                                         mappings=(mappings, prefixes))) from None
         except ResolutionFailed as exc:
             raise FlowEnded(error_result("resolve", exc.message, view=view,
                                          mappings=(mappings, prefixes))) from None
@@ -388,9 +440,9 @@ class PresubmissionFlow:
         self, conn: WorkerConnection, job_id: str, spec: spec_pb2.TrainJobSpec, checked: Checked
     ) -> AcceptedView:
         try:
-            answer = await conn.submit(
+            answer = await answer_or_lost(conn, conn.submit(
                 job_id, spec, check_token=checked.view.check_token, timeout_s=self.timeouts.submit_s
-            )
+            ), self.timeouts)
         except (ConnectionLost, RequestTimeout) as exc:
             raise FlowEnded(error_result(
                 "submit", CONNECTION_LOST, describe(exc),

@@ -11,15 +11,25 @@ JobControl, and keeps the worker honest:
   ``probe_timeout_s`` counts as a lost connection;
 - **reattach**: on a lost connection it reconnects once and attaches after the
   last event delivered; if that fails too, the flow ends with "Connection
-  lost. Try again." (the job keeps running on the worker).
+  lost. Try again." and says what is true: the job keeps running only if the
+  worker does (a trainer dies with its worker), and a retry with the same job
+  id shows how it ended; it never trains twice.
+
+:func:`answer_or_lost` gives every other wait of the flow (check, resolution,
+submit) the same liveness probe: a dead worker is reported within about
+``probe_after_s + probe_timeout_s`` at every step, not after the request's own
+timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from sleap_rtc.client.callbacks import call_optional
 from sleap_rtc.client.connection import (
@@ -49,6 +59,80 @@ from sleap_rtc.client.timeouts import FlowTimeouts
 from sleap_rtc_proto.v1 import error_pb2, job_pb2
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: What a lost connection after acceptance means (replaces "keeps running").
+AFTER_CRASH = (
+    "Job {job_id} was accepted. The worker stopped answering: if it is still running, so "
+    "is the job, and retrying with the same job id re-attaches to it; if the worker "
+    "stopped, its trainer stopped with it, and the retry reports that the job failed. "
+    "Either way the retry never trains twice."
+)
+
+
+def probe_job_id() -> str:
+    """A job id no client uses: a JobAttach for it is a pure liveness probe (NOT_FOUND)."""
+    return f"liveness-probe-{secrets.token_hex(6)}"
+
+
+async def answer_or_lost(
+    conn: WorkerConnection,
+    request: Awaitable[T],
+    timeouts: FlowTimeouts,
+    *,
+    probe_id: str | None = None,
+) -> T:
+    """Await ``request`` (any wait on the worker) while probing the worker's liveness.
+
+    When the link has been silent for ``probe_after_s`` a JobAttach for
+    ``probe_id`` (a job id nobody uses) goes out; a live worker answers at once
+    (NOT_FOUND, or a status), busy or not. No answer within
+    ``probe_timeout_s`` ends the wait with :class:`ConnectionLost`, whatever
+    the request's own timeout. Workers without the ``attach`` feature are not
+    probed (the request's own timeout applies).
+
+    Raises:
+        ConnectionLost: the link closed, or a probe went unanswered.
+        Whatever ``request`` raises.
+    """
+    task: asyncio.Future[T] = asyncio.ensure_future(request)
+    ack = conn.session.hello_ack
+    if timeouts.probe_after_s <= 0 or ack is None or "attach" not in ack.features:
+        return await task
+    probe = probe_id or probe_job_id()
+    try:
+        while True:
+            silent = conn.clock() - conn.last_received
+            wait = max(timeouts.tick_s, timeouts.probe_after_s - silent)
+            done, _ = await asyncio.wait({task}, timeout=wait)
+            if done:
+                return task.result()
+            silent = conn.clock() - conn.last_received
+            if silent < timeouts.probe_after_s:
+                continue
+            prober = asyncio.ensure_future(
+                conn.attach(probe, 0, timeout_s=timeouts.probe_timeout_s)
+            )
+            waiting: set[asyncio.Future[Any]] = {task, prober}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                prober.cancel()
+                return task.result()
+            try:
+                prober.result()
+            except RemoteError:
+                pass  # NOT_FOUND (or any typed answer): the worker is alive
+            except RequestTimeout:
+                raise ConnectionLost(
+                    f"the link was silent for {silent:.1f} s and the worker did not answer "
+                    f"a liveness probe within {timeouts.probe_timeout_s:g} s"
+                ) from None
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
 
 class ProgressSink(Protocol):
@@ -95,12 +179,27 @@ class Reorder:
         if self._gap_since is None:
             self._gap_since = now
         if now - self._gap_since > self.GAP_S or len(self._held) > self.MAX_HELD:
-            log.warning("progress %d..%d never arrived; skipping ahead", self.delivered + 1,
-                        min(self._held) - 1)
+            log.warning(
+                "progress %d..%d never arrived; skipping ahead",
+                self.delivered + 1,
+                min(self._held) - 1,
+            )
             self.delivered = min(self._held) - 1
             self._gap_since = None
             out.extend(self._release())
         return out
+
+
+def _lost(
+    checked: Checked | None, job_id: str, accepted: AcceptedView, exc: BaseException
+) -> FlowResult:
+    """The "Connection lost" result after acceptance, saying only what is known to be true."""
+    result = lost_following_result(checked, job_id, accepted, exc)
+    details = tuple(
+        AFTER_CRASH.format(job_id=job_id) if d.startswith(f"Job {job_id} was accepted") else d
+        for d in result.details
+    )
+    return dataclasses.replace(result, details=details)
 
 
 class ProgressFollower:
@@ -164,14 +263,14 @@ class ProgressFollower:
                     ready = await self._next(conn, job_id, order)
                 except ConnectionLost as exc:
                     if reconnected:
-                        return lost_following_result(checked, job_id, accepted, exc)
+                        return _lost(checked, job_id, accepted, exc)
                     reconnected = True
                     with contextlib.suppress(Exception):
                         await conn.close()
                     try:
                         conn = await self.reopen()
                     except FlowEnded:
-                        return lost_following_result(checked, job_id, accepted, exc)
+                        return _lost(checked, job_id, accepted, exc)
                     await self._attach(conn, job_id, order.delivered)
                     continue
                 for event in ready:
@@ -179,7 +278,7 @@ class ProgressFollower:
                     if result is not None:
                         return result
         except ConnectionLost as exc:
-            return lost_following_result(checked, job_id, accepted, exc)
+            return _lost(checked, job_id, accepted, exc)
         except FlowEnded as ended:
             return ended.result
         finally:
@@ -234,13 +333,15 @@ class ProgressFollower:
     def _remote_error(self, job_id: str, exc: RemoteError) -> None:
         """A live worker that no longer knows the job ends the flow (it would never end)."""
         if exc.code == error_pb2.ERROR_CODE_NOT_FOUND:
-            raise FlowEnded(error_result(
-                "progress",
-                f"The worker no longer knows job {job_id}; it may have restarted. "
-                "Start the training again.",
-                exc.message,
-                job_id=job_id,
-            ))
+            raise FlowEnded(
+                error_result(
+                    "progress",
+                    f"The worker no longer knows job {job_id}; it may have restarted. "
+                    "Start the training again.",
+                    exc.message,
+                    job_id=job_id,
+                )
+            )
         log.warning("attach to %s failed: %s", job_id, exc.message)
 
     def _deliver(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,10 +40,10 @@ from sleap_rtc.client.views import (
     PrefixView,
     Resolution,
     VideoView,
-    apply_prefixes,
-    has_prefix,
-    infer_prefix,
+    status_words,
 )
+from sleap_rtc.paths.infer import specific_rule
+from sleap_rtc.paths.model import apply_prefixes, has_prefix, shown
 from sleap_rtc_proto.rules import is_absolute_any
 
 #: The callback shape every resolution UI has. May also return an awaitable.
@@ -120,6 +120,22 @@ class PrefixStore:
             return
         workers = self._read()
         workers.setdefault(worker_id, {}).update(prefixes)
+        self._write(workers)
+
+    def forget(self, originals: Iterable[str], worker_id: str = "") -> None:
+        """Drop the rules keyed by ``originals`` for ``worker_id`` (and for any worker)."""
+        drop = set(originals)
+        workers = self._read()
+        changed = False
+        for who in {worker_id, ""}:
+            rules = workers.get(who, {})
+            for original in drop & rules.keys():
+                del rules[original]
+                changed = True
+        if changed:
+            self._write(workers)
+
+    def _write(self, workers: dict[str, dict[str, str]]) -> None:
         text = json.dumps({"version": 1, "workers": workers}, indent=2, sort_keys=True)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,11 +146,15 @@ class PrefixStore:
             pass
 
 
-def prefixes_learned(resolution_paths: Mapping[str, str]) -> dict[str, str]:
-    """Prefix rules implied by exact mappings (see :func:`infer_prefix`)."""
+def prefixes_learned(
+    resolution_paths: Mapping[str, str], mounts: Sequence[str] | None = None
+) -> dict[str, str]:
+    """Prefix rules implied by exact mappings, in their specific form (the two folders,
+    :func:`~sleap_rtc.paths.infer.specific_rule`): no broader than the evidence, and
+    with ``mounts`` only rules whose worker folder lies under one."""
     out: dict[str, str] = {}
     for original, worker in resolution_paths.items():
-        rule = infer_prefix(original, worker)
+        rule = specific_rule(original, worker, roots=mounts or None)
         if rule is not None:
             out.setdefault(rule[0], rule[1])
     return out
@@ -189,7 +209,13 @@ class AutoResolver:
                 prefix_mappings={p.original_prefix: p.worker_prefix for p in view.saved_prefixes}
             )
         chosen: dict[str, str] = {}
-        unresolved: list[str] = [] if view.labels.ok else [view.labels.original_path]
+        unresolved: list[str] = []
+        if not view.labels.ok:
+            best_labels = view.labels.suggestions[0] if view.labels.suggestions else None
+            if best_labels is not None and best_labels.score >= self.threshold:
+                chosen[view.labels.original_path] = best_labels.worker_path
+            else:
+                unresolved.append(view.labels.original_path)
         for video in view.missing:
             best = video.suggestions[0] if video.suggestions else None
             if best is not None and best.score >= self.threshold:
@@ -205,6 +231,24 @@ class AutoResolver:
                 unresolved,
             )
         return Resolution(path_mappings=chosen)
+
+
+class SavedRulesResolver:
+    """Applies the saved prefix rules that match (as ``train`` does first), nothing else.
+
+    ``check`` uses it so that it resolves exactly as ``train`` would before
+    asking anything; anything left raises :class:`ResolutionFailed`.
+    """
+
+    def __call__(self, view: CheckView) -> Resolution:
+        if view.saved_prefixes:
+            return Resolution(
+                prefix_mappings={p.original_prefix: p.worker_prefix for p in view.saved_prefixes}
+            )
+        missing = view.missing_paths()
+        lines = "\n".join(f"  - {p}" for p in missing)
+        raise ResolutionFailed(f"{len(missing)} path(s) are not usable on the worker:\n{lines}",
+                               missing)
 
 
 # ----------------------------------------------------------------------------- terminal
@@ -229,7 +273,8 @@ class TerminalResolver:
         self._input = input or builtins.input
 
     def ask(self, prompt: str) -> str:
-        self.console.print(prompt, end="")
+        # No markup: "[p = apply, ...]" is text, not a rich tag (it printed as a bare ": ").
+        self.console.print(prompt, end="", markup=False, highlight=False)
         try:
             return self._input("").strip()
         except EOFError:
@@ -270,10 +315,17 @@ class TerminalResolver:
     def show(self, view: CheckView) -> None:
         c = self.console
         labels = view.labels
-        status = "[green]found[/]" if labels.ok else f"[red]{labels.status}[/]"
-        c.print(f"Labels file: {labels.original_path} -> {labels.worker_path or '?'} ({status})")
+        status = "[green]found[/]" if labels.ok else f"[red]{status_words(labels.status)}[/]"
+        c.print(
+            f"Labels file: {labels.original_path} -> {labels.worker_path or '?'} ({status})",
+            markup=True,
+            highlight=False,
+        )
         if labels.detail:
-            c.print(f"  {labels.detail}")
+            c.print(f"  {labels.detail}", markup=False, highlight=False)
+        for i, s in enumerate(labels.suggestions, 1):
+            c.print(f"  {i}. {s.worker_path} ({_reason_text(s.reason)}, {s.score:.2f})",
+                    markup=False, highlight=False)
         if view.videos:
             table = Table(title=f"Videos on the worker (check {view.attempt})")
             table.add_column("#", justify="right")
@@ -288,10 +340,19 @@ class TerminalResolver:
                         f"\n  {i}. {s.worker_path} ({_reason_text(s.reason)}, {s.score:.2f})"
                         for i, s in enumerate(video.suggestions, 1)
                     )
-                table.add_row(str(video.index), f"[{color}]{video.status}[/]", video.original_path,
-                              extra)
+                if video.detail and not video.ok:
+                    extra += f"\n  {video.detail}"
+                table.add_row(str(video.index), f"[{color}]{status_words(video.status)}[/]",
+                              video.original_path, extra)
             c.print(table)
-        c.print(f"{len(view.found)} found, {len(view.missing)} missing.")
+        for refused in view.refused:
+            c.print(f"Refused by the worker: {refused.reason}", markup=False, highlight=False)
+        for note in view.notes:
+            c.print(note, markup=False, highlight=False)
+        if not labels.ok:
+            c.print("The labels file is not usable on the worker; its videos were not checked.")
+        else:
+            c.print(f"{len(view.found)} found, {len(view.missing)} not usable on the worker.")
         if view.hint:
             c.print(f"[yellow]{view.hint}[/]")
         elif view.mounts and view.missing:
@@ -301,7 +362,7 @@ class TerminalResolver:
 
     def _ask_prefix(self, rule: PrefixView) -> bool | None:
         origin = "saved from an earlier run" if rule.source == "saved" else (
-            f"proposed by the worker, resolves {len(rule.resolves)} missing video(s)"
+            f"proposed by the worker, resolves {len(rule.resolves)} video(s)"
         )
         self.console.print(
             f"Prefix rule {rule.original_prefix} -> {rule.worker_prefix} ({origin})."
@@ -321,8 +382,9 @@ class TerminalResolver:
         self, original: str, video: VideoView | None, view: CheckView
     ) -> str | tuple[str, str] | object | None:
         what = "labels file" if video is None else f"video {video.index}"
-        self.console.print(f"Missing {what}: {original}")
-        suggestions = video.suggestions if video is not None else ()
+        self.console.print(f"Not usable on the worker: {what} {original}", markup=False,
+                           highlight=False)
+        suggestions = video.suggestions if video is not None else view.labels.suggestions
         proposal = _proposal_for(video, view)
         for i, s in enumerate(suggestions, 1):
             self.console.print(
@@ -332,7 +394,7 @@ class TerminalResolver:
         options = []
         if suggestions:
             options.append(f"1-{len(suggestions)} = take a suggestion")
-        options.append("a worker path")
+        options.append(f"a worker path for the {what}")
         if proposal is not None:
             options.append(f"p = prefix {proposal.original_prefix} -> {proposal.worker_prefix}")
         options += ["s = skip", "c = cancel"]
@@ -349,8 +411,8 @@ class TerminalResolver:
                 return suggestions[int(answer) - 1].worker_path
             if is_absolute_any(answer):
                 return answer
-            self.console.print(f"[red]Not understood: {answer!r}. Type a number, an absolute "
-                               "worker path, p, s or c.[/]")
+            self.console.print(f"Not understood: {shown(answer)}. Type a number, an absolute "
+                               "worker path, p, s or c.", markup=False, highlight=False)
         return None
 
 
@@ -386,5 +448,7 @@ def describe(view: CheckView) -> dict[str, Any]:
         "labels": {"path": view.labels.original_path, "status": view.labels.status},
         "found": [v.original_path for v in view.found],
         "missing": view.missing_paths(),
+        "refused": [r.reason for r in view.refused],
+        "notes": list(view.notes),
         "hint": view.hint,
     }

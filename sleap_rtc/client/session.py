@@ -195,13 +195,24 @@ class ClientSession:
         or :class:`RequestTimedOut` once ``timeout_s`` passed).
 
         Raises:
-            SessionMisuse: before a successful hello, or ``body`` is not a request.
+            SessionMisuse: before a successful hello, ``body`` is not a request, or
+                the row's version or feature is not in effect on this connection.
         """
         row = bodies.ROWS_BY_TYPE.get(body.DESCRIPTOR.full_name)
         if row is None or row.kind is not bodies.Kind.REQUEST or row.name == "hello":
             raise SessionMisuse(f"{type(body).__name__} is not a request a client sends")
         if self.state is not SessionState.READY:
             raise SessionMisuse(f"{row.name} request before a successful hello")
+        assert self.chosen_version is not None and self.hello_ack is not None
+        if row.since > self.chosen_version:
+            raise SessionMisuse(
+                f"{row.name} needs protocol {row.since}; this connection speaks "
+                f"{self.chosen_version}"
+            )
+        if row.feature is not None and row.feature not in self.hello_ack.features:
+            raise SessionMisuse(
+                f"{row.name} needs the {row.feature!s} feature, which the worker did not agree to"
+            )
         return self._queue(row.name, body, now, timeout_s)
 
     def abandon(self, correlation_id: int) -> None:

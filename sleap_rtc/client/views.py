@@ -7,14 +7,31 @@ A resolution UI (terminal, non-interactive policy, SLEAP's Qt dialog) gets a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from sleap_rtc.paths.model import has_prefix, inside_roots, mapping_problems, shown
 from sleap_rtc_proto.v1 import paths_pb2
 
 #: Path statuses that need no action.
 OK_STATUSES = frozenset({"found", "embedded"})
+
+#: Each status in words a user reads (``outside_mounts`` is "not on the shared storage").
+STATUS_WORDS: dict[str, str] = {
+    "found": "found",
+    "embedded": "embedded in the labels file",
+    "missing": "missing",
+    "outside_mounts": "not on the worker's shared storage",
+    "refused": "refused",
+    "unreadable": "unreadable",
+    "invalid": "not a usable labels file",
+    "unspecified": "unknown status",
+}
+
+
+def status_words(status: str) -> str:
+    """A status name (``outside_mounts``) as the words shown to a user."""
+    return STATUS_WORDS.get(status, status.replace("_", " "))
 
 
 def _status_name(value: int) -> str:
@@ -62,12 +79,13 @@ class VideoView:
 
 @dataclass(frozen=True)
 class LabelsView:
-    """The labels (.slp) file, as the worker saw it."""
+    """The labels (.slp) file, as the worker saw it (suggestions: protocol 1.2)."""
 
     original_path: str
     worker_path: str
     status: str
     detail: str = ""
+    suggestions: tuple[SuggestionView, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -91,6 +109,19 @@ class PrefixView:
 
 
 @dataclass(frozen=True)
+class RefusedView:
+    """A mapping the worker (or the model, before sending) refused, and why.
+
+    ``kind`` is ``"exact"`` (path_mappings) or ``"prefix"`` (prefix_mappings).
+    """
+
+    kind: str
+    original: str
+    worker: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class CheckView:
     """Everything a resolution UI needs about one path check.
 
@@ -105,6 +136,9 @@ class CheckView:
         attempt: 1 for the first check, 2 after the first resolution, ...
         hint: a sentence for the user when every video is missing, else None.
         worker_id: the worker that checked.
+        refused: mappings of this check the worker refused (protocol 1.2).
+        notes: sentences about saved rules left out (refused by this worker).
+        dropped_saved: the original prefixes of those saved rules.
     """
 
     labels: LabelsView
@@ -118,6 +152,9 @@ class CheckView:
     attempt: int = 1
     hint: str | None = None
     worker_id: str = ""
+    refused: tuple[RefusedView, ...] = ()
+    notes: tuple[str, ...] = ()
+    dropped_saved: tuple[str, ...] = ()
 
     @property
     def found(self) -> tuple[VideoView, ...]:
@@ -165,13 +202,16 @@ class CheckView:
         """Build the view of a PathCheckResult.
 
         ``mounts`` (from HelloAck) is used when the result discloses none.
-        ``saved_prefixes`` are filtered to those matching a missing path.
+        ``saved_prefixes`` are filtered to those matching a missing path; a
+        saved rule this worker would refuse (malformed, or its worker folder
+        outside the mounts) is left out with a note (:func:`saved_rule_problem`).
         """
         labels = LabelsView(
             result.labels.original_path,
             result.labels.worker_path,
             _status_name(result.labels.status),
             result.labels.detail,
+            tuple(_suggestion(s) for s in result.labels.suggestions),
         )
         videos = tuple(
             VideoView(
@@ -181,15 +221,7 @@ class CheckView:
                 status=_status_name(v.status),
                 kind=_enum_name(paths_pb2.VideoKind, "VIDEO_KIND_", v.kind),
                 detail=v.detail,
-                suggestions=tuple(
-                    SuggestionView(
-                        s.worker_path,
-                        _enum_name(paths_pb2.SuggestionReason, "SUGGESTION_REASON_", s.reason),
-                        s.score,
-                        s.explanation,
-                    )
-                    for s in v.suggestions
-                ),
+                suggestions=tuple(_suggestion(s) for s in v.suggestions),
             )
             for v in result.videos
         )
@@ -211,10 +243,27 @@ class CheckView:
         )
         missing = view.missing_paths()
         applied = dict(prefix_mappings or {})
-        saved = tuple(
-            PrefixView(orig, new, source="saved")
-            for orig, new in sorted((saved_prefixes or {}).items())
-            if applied.get(orig) != new and any(has_prefix(p, orig) for p in missing)
+        saved_list: list[PrefixView] = []
+        notes: list[str] = []
+        dropped: list[str] = []
+        for orig, new in sorted((saved_prefixes or {}).items()):
+            if applied.get(orig) == new or not any(has_prefix(p, orig) for p in missing):
+                continue
+            problem = saved_rule_problem(orig, new, all_mounts)
+            if problem is None:
+                saved_list.append(PrefixView(orig, new, source="saved"))
+            else:
+                notes.append(f"Saved rule {shown(orig)} -> {shown(new)} left out: {problem}.")
+                dropped.append(orig)
+        saved = tuple(saved_list)
+        refused = tuple(
+            RefusedView(
+                "exact" if r.kind == paths_pb2.MAPPING_KIND_EXACT else "prefix",
+                r.original,
+                r.worker,
+                r.reason,
+            )
+            for r in result.refused_mappings
         )
         hint = storage_hint(len(view.videos), all_mounts) if view.all_videos_missing else None
         return cls(
@@ -229,7 +278,34 @@ class CheckView:
             attempt=attempt,
             hint=hint,
             worker_id=worker_id,
+            refused=refused,
+            notes=tuple(notes),
+            dropped_saved=tuple(dropped),
         )
+
+
+def _suggestion(s: paths_pb2.Suggestion) -> SuggestionView:
+    return SuggestionView(
+        s.worker_path,
+        _enum_name(paths_pb2.SuggestionReason, "SUGGESTION_REASON_", s.reason),
+        s.score,
+        s.explanation,
+    )
+
+
+def saved_rule_problem(original: str, worker: str, mounts: Sequence[str]) -> str | None:
+    """Why a saved rule must not be used with a worker of these ``mounts``, or None.
+
+    The model's refusals (the worker refuses the same), and a worker folder
+    outside every mount: the worker refuses such a rule at submit. With no
+    mounts disclosed only the model's refusals apply (the check still decides).
+    """
+    problems = mapping_problems({}, {original: worker})
+    if problems:
+        return problems[0].reason.removeprefix("refused: ")
+    if mounts and not inside_roots(worker, mounts):
+        return f"{shown(worker)} is not under the worker's shared storage ({', '.join(mounts)})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -261,80 +337,3 @@ def storage_hint(video_count: int, mounts: Sequence[str]) -> str:
         f"mounted on the worker? {where} Map the folder holding your videos to the matching "
         "worker folder (a prefix rule fixes them all at once)."
     )
-
-
-_SEP = re.compile(r"[\\/]+")
-
-
-def has_prefix(path: str, prefix: str) -> bool:
-    """Whether ``prefix`` is a leading folder of ``path`` (separator boundary).
-
-    >>> has_prefix("/a/bc/x.mp4", "/a/b"), has_prefix("/a/b/x.mp4", "/a/b")
-    (False, True)
-    >>> has_prefix("C:\\\\d\\\\x", "C:\\\\d")
-    True
-    """
-    if not prefix or not path.startswith(prefix):
-        return False
-    if len(path) == len(prefix) or prefix[-1] in "/\\":
-        return True
-    return path[len(prefix)] in "/\\"
-
-
-def apply_prefixes(path: str, prefixes: Mapping[str, str]) -> str | None:
-    """``path`` rewritten by the longest matching prefix rule, or None."""
-    best = max((p for p in prefixes if has_prefix(path, p)), key=len, default=None)
-    if best is None:
-        return None
-    rest = path[len(best) :].replace("\\", "/")
-    target = prefixes[best]
-    if rest and not rest.startswith("/") and not target.endswith("/"):
-        rest = "/" + rest
-    return target + rest
-
-
-def infer_prefix(original: str, worker: str) -> tuple[str, str] | None:
-    """The prefix rule that turns ``original`` into ``worker``: their differing heads.
-
-    >>> infer_prefix("C:\\\\Users\\\\me\\\\data\\\\a.mp4", "/mnt/lab/data/a.mp4")
-    ('C:\\\\Users\\\\me', '/mnt/lab')
-    >>> infer_prefix("/a/x.mp4", "/b/y.mp4") is None
-    True
-    """
-    o_parts = [m for m in _SEP.split(original) if m]
-    w_parts = [m for m in _SEP.split(worker) if m]
-    common = 0
-    while (
-        common < min(len(o_parts), len(w_parts)) - 1
-        and o_parts[-1 - common] == w_parts[-1 - common]
-    ):
-        common += 1
-    if common == 0 or o_parts[-1] != w_parts[-1]:
-        return None
-    o_head = _head(original, len(o_parts) - common)
-    w_head = _head(worker, len(w_parts) - common)
-    if not o_head or not w_head or o_head == w_head:
-        return None
-    return o_head, w_head
-
-
-def _head(path: str, keep: int) -> str:
-    """The first ``keep`` components of ``path`` as written (separators kept)."""
-    if keep <= 0:
-        return "/" if path.startswith("/") else ""
-    seen = 0
-    i = 0
-    n = len(path)
-    while i < n and path[i] in "/\\":
-        i += 1
-    while i < n:
-        j = i
-        while j < n and path[j] not in "/\\":
-            j += 1
-        seen += 1
-        if seen == keep:
-            return path[:j]
-        i = j
-        while i < n and path[i] in "/\\":
-            i += 1
-    return path

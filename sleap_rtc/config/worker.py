@@ -55,7 +55,18 @@ class WorkerSettings:
     mounts: tuple[Mount, ...] = ()
     concurrency: int = 1
     max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+    #: ``[limits] job_retention_days``: how long the job store remembers an ended job
+    #: (idempotency and attach by job id, across restarts); 0 keeps every job.
+    job_retention_days: int = 30
+    #: ``[limits] max_token_lifetime_hours``: clients' tokens living longer (exp - iat)
+    #: are refused, however validly signed.
+    max_token_lifetime_hours: int = 7 * 24
     trainer_command: tuple[str, ...] = DEFAULT_TRAINER_COMMAND
+    #: ``[trainer] confinement``: "auto" (Landlock when the kernel offers it),
+    #: "require" (refuse to start without it) or "off".
+    confinement: str = "auto"
+    #: ``[trainer] allow_reporting``: let jobs turn on reporting services (wandb).
+    allow_reporting: bool = False
     state_dir: Path = field(default_factory=lambda: state_dir() / "worker")
     loopback: bool = False
     ice_servers: tuple[str, ...] = ()
@@ -139,6 +150,10 @@ def from_env(settings: WorkerSettings) -> WorkerSettings:
     return settings
 
 
+#: The values of ``[trainer] confinement``.
+CONFINEMENT_MODES = ("auto", "require", "off")
+
+
 def parse(data: dict[str, Any], source: Path | None) -> WorkerSettings:
     """Build settings from a parsed TOML document, validating every key."""
     top = Table(data, source, error=WorkerConfigError)
@@ -160,6 +175,10 @@ def parse(data: dict[str, Any], source: Path | None) -> WorkerSettings:
     limits = top.table("limits")
     concurrency = limits.integer("concurrency", defaults.concurrency, minimum=1)
     max_config = limits.integer("max_config_bytes", defaults.max_config_bytes, minimum=1024)
+    retention = limits.integer("job_retention_days", defaults.job_retention_days, minimum=0)
+    lifetime = limits.integer(
+        "max_token_lifetime_hours", defaults.max_token_lifetime_hours, minimum=1
+    )
     limits.finish()
 
     trainer = top.table("trainer")
@@ -167,6 +186,12 @@ def parse(data: dict[str, Any], source: Path | None) -> WorkerSettings:
     assert command is not None
     if not command or not command[0].strip():
         raise trainer.error("command", "must name a program")
+    confinement = trainer.nonempty("confinement", defaults.confinement)
+    if confinement not in CONFINEMENT_MODES:
+        raise trainer.error(
+            "confinement", f"must be one of {', '.join(CONFINEMENT_MODES)} (got {confinement!r})"
+        )
+    allow_reporting = trainer.boolean("allow_reporting", defaults.allow_reporting)
     trainer.finish()
 
     url = top.nonempty("signaling_url", defaults.signaling_url)
@@ -181,7 +206,11 @@ def parse(data: dict[str, Any], source: Path | None) -> WorkerSettings:
         mounts=tuple(mounts),
         concurrency=concurrency,
         max_config_bytes=max_config,
+        job_retention_days=retention,
+        max_token_lifetime_hours=lifetime,
         trainer_command=tuple(command),
+        confinement=confinement,
+        allow_reporting=allow_reporting,
         state_dir=top.path("state_dir") or defaults.state_dir,
         loopback=top.boolean("loopback", defaults.loopback),
         ice_servers=tuple(top.strings("ice_servers", []) or []),

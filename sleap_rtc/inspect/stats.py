@@ -22,12 +22,13 @@ from sleap_rtc.inspect.common import (
     report_problems,
     selected,
 )
+from sleap_rtc_proto import bodies
 
 if TYPE_CHECKING:
     from sleap_rtc.capture.record import Record
 
 #: Body types that expect an answer (those never answered are counted).
-REQUESTS = frozenset({"hello", "path_check_request", "job_submit", "job_control", "job_attach"})
+REQUESTS = bodies.REQUESTS
 #: Requests remembered while waiting for answers (oldest forgotten first).
 MAX_OPEN_REQUESTS = 200_000
 PERCENTILES = (50, 90, 99)

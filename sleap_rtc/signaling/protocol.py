@@ -135,6 +135,8 @@ def parse_message(raw: str | bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> di
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError(ErrorCode.BAD_JSON, f"message is not JSON: {exc}") from None
+    except RecursionError:  # e.g. [[[[...]]]] 30,000 deep: refused, not an internal error
+        raise MessageError(ErrorCode.BAD_JSON, "message is nested too deeply") from None
     if not isinstance(obj, dict):
         raise MessageError(ErrorCode.BAD_MESSAGE, "message must be a JSON object")
     kind = obj.get("type")
@@ -152,7 +154,7 @@ def request_id_of(raw: str | bytes) -> str | None:
     """Best effort: the request id of a message that failed validation (for the error)."""
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if isinstance(obj, dict):
         rid = obj.get("request_id")

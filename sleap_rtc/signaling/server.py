@@ -14,6 +14,15 @@ One websockets server does two jobs:
   the login desk live in :mod:`sleap_rtc.signaling.web`; the limits in
   :mod:`sleap_rtc.signaling.limits`.
 
+Nobody locks others out: a websocket must register within
+``Limits.register_timeout_s``; unregistered websockets are capped per source
+address and in total, below ``max_connections``, and when a cap is reached the
+*oldest* unregistered socket of the source (or of the busiest source) is closed
+(1013) to make room, so a flood of sockets that never register cannot keep a
+real peer from connecting and registering, and registered peers are never
+touched. Failed logins are throttled per (room, source address), so wrong
+passphrases from one address do not lock a room for everyone.
+
 Bad input never stops the server: a garbage, oversize, non-JSON, unknown or
 incomplete message gets an ``error`` {code, reason} and the connection stays
 usable; a connection that keeps flooding past its rate limit is closed. The
@@ -39,7 +48,7 @@ from websockets.http11 import Request, Response
 
 from sleap_rtc.auth.tokens import DEFAULT_TTL_S, TokenError, TokenIssuer, TokenVerifier
 from sleap_rtc.signaling import protocol as P
-from sleap_rtc.signaling.limits import Limits, TokenBucket
+from sleap_rtc.signaling.limits import Limits, TokenBucket, Unregistered
 from sleap_rtc.signaling.protocol import ErrorCode, MessageError
 from sleap_rtc.signaling.rooms import PeerEntry, Registry, RoomConfig, load_rooms, save_rooms
 from sleap_rtc.signaling.web import (
@@ -73,6 +82,14 @@ class _Conn:
     peer: PeerEntry | None = None
     violations: int = 0
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    source: str = ""
+
+
+def _source_of(ws: ServerConnection) -> str:
+    address = getattr(ws, "remote_address", None)
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address or "")
 
 
 class SignalingServer:
@@ -96,12 +113,15 @@ class SignalingServer:
         self.registry = Registry()
         self._conns: dict[str, _Conn] = {}
         self._all: set[_Conn] = set()
+        #: Connections not registered yet, by source address, oldest first.
+        self.unregistered = Unregistered(self.limits)
         self.login = LoginDesk(
             self.rooms,
             issuer,
             token_ttl_s=token_ttl_s,
             max_failures=self.limits.max_login_failures,
             window_s=self.limits.login_window_s,
+            max_sources=self.limits.max_login_sources,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
@@ -161,13 +181,23 @@ class SignalingServer:
 
     # -- websocket side --------------------------------------------------
 
+    def _evict(self, key: object, reason: str) -> None:
+        """Close an unregistered connection to make room (see :class:`Unregistered`)."""
+        assert isinstance(key, _Conn)
+        self._all.discard(key)
+        task = asyncio.ensure_future(key.ws.close(1013, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _handle(self, ws: ServerConnection) -> None:
         lim = self.limits
-        if len(self._all) >= lim.max_connections:
+        source = _source_of(ws)
+        if not self.unregistered.admit(source, len(self._all), self._evict):
             await ws.close(1013, "server is full")
             return
-        conn = _Conn(ws, TokenBucket(lim.rate_per_s, lim.burst))
+        conn = _Conn(ws, TokenBucket(lim.rate_per_s, lim.burst), source=source)
         self._all.add(conn)
+        self.unregistered.add(conn, source)
         timer = asyncio.get_running_loop().call_later(
             lim.register_timeout_s, self._register_timeout, conn
         )
@@ -179,6 +209,7 @@ class SignalingServer:
         finally:
             timer.cancel()
             self._all.discard(conn)
+            self.unregistered.remove(conn, conn.source)
             if conn.peer is not None:
                 self.registry.remove(conn.peer.peer_id)
                 self._conns.pop(conn.peer.peer_id, None)
@@ -248,7 +279,7 @@ class SignalingServer:
         if kind == "jwks":
             return {"type": "jwks", **self.jwks()}
         if kind == "login":
-            return self.login.login_message(msg)
+            return self.login.login_message(msg, source=conn.source)
         if kind == "register":
             return self._register(conn, msg)
         peer = conn.peer
@@ -313,6 +344,7 @@ class SignalingServer:
         self.registry.add(entry)
         self._conns[peer_id] = conn
         conn.peer = entry
+        self.unregistered.remove(conn, conn.source)
         log.info("peer %s registered as %s in room %s", peer_id, role, room_id)
         peers = [
             p.public() for p in self.registry.in_room(room_id, role="worker") if p is not entry
@@ -390,7 +422,9 @@ class SignalingServer:
     # -- HTTP side -------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        return http_response(request, jwks=self.jwks, desk=self.login)
+        return http_response(
+            request, jwks=self.jwks, desk=self.login, source=_source_of(connection)
+        )
 
 
 def _url_host(host: str) -> str:

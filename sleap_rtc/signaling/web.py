@@ -11,7 +11,8 @@ What a browser or a verifier needs, served by the websockets server's
 
 :class:`LoginDesk` issues tokens from a room's login passphrase, for the form
 and for the websocket ``login`` request (the page's script and headless
-logins), and throttles failed attempts per room. Tokens only ever go to a
+logins), and throttles failed attempts per (room, source address): wrong
+passphrases from one address lock only that address out of that room. Tokens only ever go to a
 loopback callback.
 """
 
@@ -54,8 +55,10 @@ class LoginDesk:
         rooms: The server's rooms (read at each login, so later changes count).
         issuer: Signs the tokens.
         token_ttl_s: Lifetime of the tokens it issues.
-        max_failures: Failed logins per room within ``window_s`` before refusing.
+        max_failures: Failed logins per (room, source address) within ``window_s``
+            before that source is refused for that room.
         window_s: The throttling window.
+        max_sources: (room, source) pairs remembered at most (oldest forgotten).
     """
 
     def __init__(
@@ -66,15 +69,17 @@ class LoginDesk:
         token_ttl_s: float = DEFAULT_TTL_S,
         max_failures: int = 10,
         window_s: float = 60.0,
+        max_sources: int = 10_000,
     ) -> None:
         self.rooms = rooms
         self.issuer = issuer
         self.token_ttl_s = token_ttl_s
         self.max_failures = max_failures
         self.window_s = window_s
-        self._failures: dict[str, list[float]] = {}
+        self.max_sources = max_sources
+        self._failures: dict[tuple[str, str], list[float]] = {}
 
-    def issue(self, room_id: str, user: str, secret: str) -> str:
+    def issue(self, room_id: str, user: str, secret: str, *, source: str = "") -> str:
         """A token for ``user`` in ``room_id`` if ``secret`` is the room's login secret.
 
         Raises:
@@ -83,20 +88,28 @@ class LoginDesk:
         if not P.ID_PATTERN.match(user):
             raise MessageError(ErrorCode.BAD_FIELD, "user name: 1-64 letters, digits or _.:@-")
         now = time.monotonic()
-        window = [t for t in self._failures.get(room_id, []) if now - t < self.window_s]
-        self._failures[room_id] = window
+        key = (room_id, source)
+        window = [t for t in self._failures.pop(key, []) if now - t < self.window_s]
+        if window:
+            self._failures[key] = window  # re-inserted: the dict stays oldest-first
         if len(window) >= self.max_failures:
+            wait = self.window_s - (now - window[0])
             raise MessageError(
-                ErrorCode.RATE_LIMITED, "too many failed logins for this room; wait a minute"
+                ErrorCode.RATE_LIMITED,
+                f"too many failed logins for this room from your address; "
+                f"try again in {max(1, round(wait))} s",
             )
         room = self.rooms.get(room_id)
         if room is None or not room.check_login_secret(secret):
             window.append(now)
+            self._failures[key] = window
+            while len(self._failures) > self.max_sources:
+                del self._failures[next(iter(self._failures))]
             raise MessageError(ErrorCode.BAD_CREDENTIALS, "wrong room or passphrase")
         log.info("issued a token for %s in room %s", user, room_id)
         return self.issuer.issue(user, room_id, ttl_s=self.token_ttl_s)
 
-    def login_message(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def login_message(self, msg: dict[str, Any], *, source: str = "") -> dict[str, Any]:
         """The websocket ``login`` request: the login page's script, or a headless login."""
         room_id = P.require_id(msg, "room_id")
         user = P.require_str(msg, "user", max_chars=64)
@@ -111,7 +124,7 @@ class LoginDesk:
             error = check_login_params(params)
             if error:
                 raise MessageError(ErrorCode.BAD_FIELD, error)
-        token = self.issue(room_id, user, secret)
+        token = self.issue(room_id, user, secret, source=source)
         if msg.get("redirect_uri") is not None:
             redirect = add_query(str(msg["redirect_uri"]), {"token": token, "state": msg["state"]})
         return {
@@ -152,14 +165,17 @@ class LoginDesk:
 """
         return response(status, body, "text/html; charset=utf-8")
 
-    def submit(self, query: Mapping[str, str]) -> Response:
+    def submit(self, query: Mapping[str, str], *, source: str = "") -> Response:
         """The plain form's submit: a redirect to the callback, or the form with the reason."""
         error = check_login_params(query)
         if error:
             return response(HTTPStatus.BAD_REQUEST, error + "\n", _TEXT)
         try:
             token = self.issue(
-                query["room"], query.get("user", "").strip(), query.get("secret", "")
+                query["room"],
+                query.get("user", "").strip(),
+                query.get("secret", ""),
+                source=source,
             )
         except MessageError as exc:
             status = {
@@ -174,7 +190,7 @@ class LoginDesk:
 
 
 def http_response(
-    request: Request, *, jwks: Callable[[], dict[str, Any]], desk: LoginDesk
+    request: Request, *, jwks: Callable[[], dict[str, Any]], desk: LoginDesk, source: str = ""
 ) -> Response | None:
     """The answer to a plain HTTP request; None lets a websocket upgrade through."""
     parsed = urllib.parse.urlsplit(request.path)
@@ -187,7 +203,7 @@ def http_response(
     if path == LOGIN_PATH:
         return desk.page(query)
     if path == LOGIN_SUBMIT_PATH:
-        return desk.submit(query)
+        return desk.submit(query, source=source)
     if "upgrade" not in request.headers.get("Connection", "").lower():
         return response(HTTPStatus.NOT_FOUND, "not found\n", _TEXT)
     return None

@@ -2,7 +2,12 @@
 
 :class:`Answerer` takes offers from a worker's signaling connection and
 negotiates each concurrently, bounded by a timeout; a channel whose
-``protocol`` is not :data:`PROTOCOL` is refused. :func:`serve_links` runs a
+``protocol`` is not :data:`PROTOCOL` is refused. Pending negotiations are
+capped per sending peer (``max_pending_per_peer``; a new offer from a peer at
+its cap replaces that peer's oldest) and in total (``max_pending``; when full,
+the oldest negotiation of the peer with the most pending gives way), so one
+room member relaying offers whose ICE never completes cannot make the worker
+ignore everyone else. :func:`serve_links` runs a
 handler per connected link and decides what happens to the handlers when the
 signaling connection ends (they keep running) or the call is cancelled (they
 are cancelled and their links closed).
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -50,6 +56,7 @@ class Answerer:
         timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         protocol: str = PROTOCOL,
         max_pending: int = 16,
+        max_pending_per_peer: int = 4,
     ) -> None:
         self.signaling = signaling
         self.loopback = loopback
@@ -57,8 +64,12 @@ class Answerer:
         self.timeout = timeout
         self.protocol = protocol
         self.max_pending = max_pending
+        self.max_pending_per_peer = max_pending_per_peer
         #: Offers refused because of the channel protocol (for logs and tests).
         self.refused = 0
+        #: Pending negotiations dropped to make room for other offers.
+        self.superseded = 0
+        self._by_peer: dict[str, dict[asyncio.Task[None], None]] = {}
         self._links: asyncio.Queue[DataChannelLink | None] = asyncio.Queue()
         self._pending: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -118,7 +129,7 @@ class Answerer:
         try:
             while True:
                 offer = await self.signaling.next_relayed("offer", timeout=float("inf"))
-                if len(self._pending) >= self.max_pending:
+                if not self._make_room(offer.sender):
                     log.warning(
                         "answerer: too many pending connections; ignoring offer from %s",
                         offer.sender,
@@ -126,11 +137,43 @@ class Answerer:
                     continue
                 task = asyncio.create_task(self._answer(offer))
                 self._pending.add(task)
+                self._by_peer.setdefault(offer.sender, {})[task] = None
                 task.add_done_callback(self._pending.discard)
+                task.add_done_callback(functools.partial(self._forget, offer.sender))
         except SignalingError as exc:
             self._error = exc
         finally:
             self._links.put_nowait(None)
+
+    def _forget(self, sender: str, task: asyncio.Task[None]) -> None:
+        tasks = self._by_peer.get(sender)
+        if tasks is not None:
+            tasks.pop(task, None)
+            if not tasks:
+                del self._by_peer[sender]
+
+    def _supersede(self, sender: str) -> None:
+        """Cancel the oldest pending negotiation of ``sender``."""
+        oldest = next(iter(self._by_peer[sender]))
+        self._forget(sender, oldest)
+        self._pending.discard(oldest)
+        oldest.cancel()
+        self.superseded += 1
+        log.info("answerer: dropped a pending connection from %s to make room", sender)
+
+    def _make_room(self, sender: str) -> bool:
+        """Room for one more negotiation from ``sender``; False to ignore its offer."""
+        mine = len(self._by_peer.get(sender, ()))
+        if mine >= self.max_pending_per_peer:
+            self._supersede(sender)  # its newest offer replaces its oldest
+            return True
+        if len(self._pending) < self.max_pending:
+            return True
+        busiest = max(self._by_peer, key=lambda s: len(self._by_peer[s]), default=None)
+        if busiest is None or len(self._by_peer[busiest]) <= mine:
+            return False  # everyone is at most as busy as this peer
+        self._supersede(busiest)
+        return True
 
     async def _answer(self, offer: Relayed) -> None:
         servers = self.signaling.ice_servers if self.ice_servers is None else self.ice_servers

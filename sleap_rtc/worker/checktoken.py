@@ -11,12 +11,18 @@ process holding the secret can verify it; a restart does not invalidate it.
   "prefix": [...]}`` sorted, *without* the exact mapping keyed by ``src``: a
   submit names the labels file by its worker path, so the client drops that
   mapping;
-- ``files``: ``[[path, size, mtime_ns], ...]`` sorted, every file checked;
+- ``files``: ``[[path, size, mtime_ns, dev, inode], ...]`` sorted, every file
+  checked, by its resolved path; the device and inode are read when the token
+  is issued (a size and mtime alone survive a swap for a same-sized copy);
 - ``iat``: issue time (seconds).
 
 A submit passes when it names the same labels file, carries the same video
 mappings (the labels mapping may be left out or repeated), and every checked
-file is unchanged (same size and mtime, still inside the mounts).
+file is unchanged (same device, inode, size and mtime, still inside the
+mounts). The links on the way are bound by intake itself: it resolves every
+video again from the submit's mappings and refuses unless it arrives at
+exactly the token's files (:func:`token_files`), so a symlink re-pointed after
+the check is refused even when its old target is untouched.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from sleap_rtc.worker.mounts import MountPolicy, PathRejected
 __all__ = [
     "issue_check_token",
     "mapping_difference",
+    "token_files",
     "verify_check_token",
     "video_mappings",
 ]
@@ -116,11 +123,36 @@ def issue_check_token(
             "exact": sorted(video_mappings(path_mappings or {}, labels_key).items()),
             "prefix": sorted((prefix_mappings or {}).items()),
         },
-        "files": sorted([p, s, m] for p, s, m in files),
+        "files": sorted(_identity(p, s, m) for p, s, m in files),
         "iat": int(now),
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return f"v1.{_b64e(zlib.compress(canonical, 6))}.{_b64e(_mac(secret, canonical))}"
+
+
+def _identity(path: str, size: int, mtime_ns: int) -> list[Any]:
+    """``[path, size, mtime_ns, dev, inode]``; dev and inode -1 when the file is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [path, size, mtime_ns, -1, -1]
+    return [path, size, mtime_ns, st.st_dev, st.st_ino]
+
+
+def token_files(token: str) -> set[str] | None:
+    """The resolved paths a token's check covered, or None when it cannot be read.
+
+    Not a verification: call it only on a token :func:`verify_check_token` passed.
+    """
+    parts = token.split(".") if len(token) <= _MAX_TOKEN_CHARS else []
+    if len(parts) != 3:
+        return None
+    try:
+        inflater = zlib.decompressobj()
+        data = json.loads(inflater.decompress(_b64d(parts[1]), _MAX_PAYLOAD_BYTES))
+        return {str(entry[0]) for entry in data["files"]}
+    except (ValueError, zlib.error, KeyError, TypeError, IndexError):
+        return None
 
 
 def _decode(secret: bytes, token: str) -> dict[str, Any] | str:
@@ -198,14 +230,22 @@ def verify_check_token(
         if real != data["labels"]:
             return f"labels path {labels_path} differs from the checked {data['labels']}"
         cache: dict[str, str] = {}
-        for path, size, mtime_ns in data["files"]:
+        for path, size, mtime_ns, dev, inode in data["files"]:
             try:
-                st = os.stat(policy.resolve_str(path, cache=cache))
+                real = policy.resolve_str(path, cache=cache)
+                st = os.stat(real)
             except PathRejected:
                 return f"file {path} now resolves outside the allowed mounts"
             except OSError:
                 return f"file {path} is missing since the check; run the path check again"
-            if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) or not stat.S_ISREG(st.st_mode):
+            if real != path:
+                return f"file {path} is now a link to {real}; run the path check again"
+            if (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino) != (
+                size,
+                mtime_ns,
+                dev,
+                inode,
+            ) or not stat.S_ISREG(st.st_mode):
                 return f"file {path} changed since the check; run the path check again"
     except (KeyError, TypeError, ValueError):  # genuine but not a shape we know
         return _MALFORMED

@@ -1,6 +1,10 @@
 """A file-name index of the worker's mounts, for "same name elsewhere" suggestions.
 
-One ``os.scandir`` walk per mount builds ``name -> [path, ...]`` (sizes are
+One ``os.scandir`` walk per mount builds ``name -> folder(s)``: each folder
+is stored once (``dirs``), and a name maps to the number of its one folder, or
+to a list of numbers when several folders hold that name, so a file costs its
+name and a reference, not a full path string and a list (measured: 296 ->
+about 110 bytes per indexed file). Paths are made when looked up (sizes are
 read lazily, see `FileIndex.entries`). The
 index is reused while warm; after ``ttl_s`` it checks the modification time of
 every directory it walked (one ``stat`` per directory, not per file) and
@@ -33,7 +37,11 @@ MAX_MEMO = 100_000
 
 @dataclass(slots=True)
 class _Snapshot:
-    names: dict[str, list[str]] = field(default_factory=dict)
+    #: name -> the index in ``dirs`` of its folder, or a list of them (several folders).
+    names: dict[str, int | list[int]] = field(default_factory=dict)
+    dirs: list[str] = field(default_factory=list)
+    dir_ids: dict[str, int] = field(default_factory=dict)
+    paths: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     sorted_names: dict[str, list[str]] = field(default_factory=dict)
     parents: dict[str, dict[str, list[str]]] = field(default_factory=dict)
@@ -159,8 +167,19 @@ class FileIndex:
     def lookup(self, name: str) -> Sequence[str]:
         """Return the path of every indexed file called ``name`` (as walked)."""
         self.ensure_fresh()
-        assert self._snap is not None
-        return self._snap.names.get(name, ())
+        snap = self._snap
+        assert snap is not None
+        hit = snap.paths.get(name)
+        if hit is None:
+            where = snap.names.get(name)
+            if where is None:
+                return ()
+            dirs = snap.dirs
+            ids = (where,) if isinstance(where, int) else where
+            hit = tuple(f"{dirs[i]}/{name}" for i in ids)
+            if len(snap.paths) < MAX_MEMO:
+                snap.paths[name] = hit
+        return hit
 
     def sorted_lookup(self, name: str) -> Sequence[str]:
         """`lookup`, sorted by path (cached per build)."""
@@ -214,13 +233,25 @@ class FileIndex:
         return size
 
     def has_path(self, path: str) -> bool:
-        """Whether ``path`` (as walked) is an indexed file."""
-        return path in self.lookup(path.rsplit("/", 1)[-1])
+        """Whether ``path`` (as walked) is an indexed file (no path is built)."""
+        self.ensure_fresh()
+        snap = self._snap
+        assert snap is not None
+        folder, _, name = path.rpartition("/")
+        where = snap.names.get(name)
+        if where is None:
+            return False
+        dir_id = snap.dir_ids.get(folder)
+        if dir_id is None:
+            return False
+        return where == dir_id if isinstance(where, int) else dir_id in where
 
     def _build(self, stop: threading.Event | None = None) -> _Snapshot | None:
         start = self._clock()
         snap = _Snapshot()
         names = snap.names
+        dirs = snap.dirs
+        dir_ids = snap.dir_ids
         mtimes = snap.dir_mtimes
         contains = self._policy.contains
         stack = [str(root) for root in self._policy.roots]
@@ -235,16 +266,15 @@ class FileIndex:
                     entries = list(it)
             except OSError:
                 continue
+            dir_id = -1
             for entry in entries:
                 try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                        continue
-                    if entry.is_symlink():
-                        if not (contains(entry.path) and entry.is_file()):
+                    if not entry.is_file(follow_symlinks=False):  # most entries are files
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
                             continue
-                    elif not entry.is_file(follow_symlinks=False):
-                        continue
+                        if not (entry.is_symlink() and contains(entry.path) and entry.is_file()):
+                            continue
                 except OSError:
                     continue
                 if budget <= 0:
@@ -252,11 +282,17 @@ class FileIndex:
                     stack.clear()
                     break
                 budget -= 1
-                bucket = names.get(entry.name)
-                if bucket is None:
-                    names[entry.name] = [entry.path]
+                if dir_id < 0:  # one folder string (and one int object) per folder
+                    dir_id = dir_ids[top] = len(dirs)
+                    dirs.append(top)
+                name = entry.name
+                where = names.get(name)
+                if where is None:
+                    names[name] = dir_id
+                elif isinstance(where, int):
+                    names[name] = [where, dir_id]
                 else:
-                    bucket.append(entry.path)
+                    where.append(dir_id)
         snap.count = self._max_files - budget
         snap.built_at = self._clock()
         snap.build_s = snap.built_at - start

@@ -5,6 +5,12 @@ one sequence (1, 2, ...). The history is bounded; train_begin is always kept
 (SLEAP's LossViewer ignores everything without it) and so is the final
 message. Listeners (one per attached connection) get each message as it is
 emitted; :meth:`Job.replay` gives what a reconnecting client missed.
+
+A job with a :class:`~sleap_rtc.worker.jobstore.JobStore` commits every state
+change (and the sequence number of every message) to it before any listener
+hears of it, so what a client was told is always on disk; :meth:`Job.from_row`
+rebuilds an ended job after a restart (its final message is kept; the
+progress history of an earlier worker life is not).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from sleap_rtc.worker.jobstore import JobRow, JobStore, TrainerIdentity
 from sleap_rtc.worker.trainplan import TrainPlan
 from sleap_rtc.worker.zmqprogress import ProgressUpdate
 from sleap_rtc_proto.v1 import job_pb2, progress_pb2
@@ -28,6 +35,8 @@ JobMessage = (
     | progress_pb2.JobComplete
     | progress_pb2.JobFailed
 )
+
+
 @dataclass(frozen=True)
 class RunResult:
     """How a run ended. ``failure_code`` is 0 for a completed run."""
@@ -72,6 +81,10 @@ class Job:
     final: progress_pb2.JobComplete | progress_pb2.JobFailed | None = None
     #: The running trainer, between :meth:`start` and :meth:`finish`.
     control: RunControl | None = None
+    #: Where state changes are committed (None: memory only).
+    store: JobStore | None = None
+    #: The trainer process, once it started (recorded for the start-up sweep).
+    trainer: TrainerIdentity | None = None
     _first: progress_pb2.JobProgress | None = None
     _history: deque[JobMessage] = field(default_factory=deque)
     _dropped_upto: int = 0
@@ -89,9 +102,64 @@ class Job:
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    # --- persistence -----------------------------------------------------
+
+    def save(self) -> None:
+        """Commit this job's row (a state change) to the store, if it has one."""
+        if self.store is not None:
+            self.store.save(
+                job_id=self.job_id,
+                owner=self.owner,
+                spec_hash=self.spec_hash,
+                state=self.state,
+                message=self.message,
+                accepted=self.accepted,
+                plan=self.plan,
+                trainer=self.trainer,
+                last_sequence=self.last_sequence,
+                final=self.final,
+            )
+
+    def trainer_started(self, trainer: TrainerIdentity) -> None:
+        """The trainer process exists: record who it is before anything else happens."""
+        self.trainer = trainer
+        self.save()
+
+    def trainer_exited(self, returncode: int | None) -> None:
+        """The trainer ended; the result is not recorded yet ("finishing")."""
+        if self.final is None:
+            self.message = f"finishing: the trainer exited with status {returncode}"
+            self.save()
+
+    @classmethod
+    def from_row(cls, row: JobRow, store: JobStore | None, history_limit: int = 10_000) -> Job:
+        """The job as a store row describes it (after a worker restart)."""
+        job = cls(
+            job_id=row.job_id,
+            spec_hash=row.spec_hash,
+            owner=row.owner,
+            accepted=row.accepted,
+            plan=row.plan,
+            history_limit=history_limit,
+            state=row.state,
+            message=row.message,
+            last_sequence=row.last_sequence,
+            final=row.final,
+            store=store,
+            trainer=row.trainer,
+        )
+        # The progress history of the earlier worker life is not kept.
+        job._dropped_upto = row.last_sequence
+        if row.final is not None:
+            job._history.append(row.final)
+            job._dropped_upto = row.final.sequence - 1
+        return job
+
     # --- numbering and fan-out -------------------------------------------
 
     def _emit(self, message: JobMessage) -> None:
+        if self.store is not None and message is not self.final:
+            self.store.set_sequence(self.job_id, message.sequence)
         self._history.append(message)
         while len(self._history) > self.history_limit:
             dropped = self._history.popleft()
@@ -133,6 +201,7 @@ class Job:
         self.control = control
         self.state = V.JOB_STATE_RUNNING
         self.message = "running"
+        self.save()
 
     def stop(self) -> str:
         """Ask the trainer to stop after the current batch; returns the note for the client."""
@@ -140,6 +209,7 @@ class Job:
             self.control.stop()
         self.state = V.JOB_STATE_STOPPING
         self.message = "stop requested; training ends after the current batch"
+        self.save()
         return self.message
 
     def cancel(
@@ -152,6 +222,7 @@ class Job:
             self.control.cancel(code, message)
         self.state = V.JOB_STATE_STOPPING
         self.message = "cancel requested; the trainer is being terminated"
+        self.save()
         return self.message
 
     def finish(self, result: RunResult) -> JobMessage:
@@ -185,6 +256,7 @@ class Job:
             self.message = final.message
         self.final = final
         self.control = None
+        self.save()  # committed before any client hears of it
         with contextlib.suppress(FileNotFoundError):
             self.config_file.unlink()
         self._emit(final)

@@ -17,6 +17,11 @@ plain folder name), else the job id; ``-1``, ``-2``... is appended when that
 folder exists. The folder is created at acceptance, so JobAccepted.run_dir is
 exactly where the trainer writes (``ckpt_dir=runs_dir``, ``run_name=<name>``).
 
+Every job is recorded in the worker's job store (:mod:`.jobstore`, SQLite in
+``state_dir``) before its JobAccepted is sent, so idempotency has no count
+window: a job id is remembered until it ended longer than ``retention_s``
+ago, across restarts (:meth:`JobRegistry.get` falls back to the store).
+
 The service starts the run of a newly accepted job. Each :class:`Job`
 numbers its progress, keeps a bounded history for :meth:`Job.replay` after a
 reconnect (train_begin is always kept), and removes its temp config however
@@ -39,9 +44,12 @@ from typing import Any
 
 from sleap_rtc.worker.events import make_error, submit_violations
 from sleap_rtc.worker.jobrecord import Job
+from sleap_rtc.worker.jobstore import JobStore
 from sleap_rtc.worker.mounts import MountPolicy, PathRejected
+from sleap_rtc.worker.sleapnn_paths import runs_sleap_nn
 from sleap_rtc.worker.trainplan import DEFAULT_TRAINER_COMMAND, TrainPlan, build_command
 from sleap_rtc.worker.validate import (
+    Recheck,
     SubmitValidator,
     TokenCheck,
     ValidSpec,
@@ -93,7 +101,13 @@ class IntakeConfig:
             and its mappings (e.g. ``PathChecker.verify_check_token``); None
             skips the check (then tokens cannot be required).
         history_limit: progress/log messages kept per job.
-        max_finished_jobs: ended jobs remembered for idempotency and attach.
+        max_finished_jobs: ended jobs kept in memory (the job store remembers
+            every job for idempotency and attach; this only bounds memory).
+        retention_s: how long the job store remembers an ended job (its id,
+            spec digest and final message); None keeps every job.
+        recheck: runs the path check again at intake (every video's resolved
+            path goes to the trainer); None keeps the spec's mappings.
+        allow_reporting: the operator allows reporting services (wandb).
     """
 
     policy: MountPolicy
@@ -106,6 +120,9 @@ class IntakeConfig:
     token_check: TokenCheck | None = None
     history_limit: int = 10_000
     max_finished_jobs: int = 1000
+    retention_s: float | None = 30 * 86400.0
+    recheck: Recheck | None = None
+    allow_reporting: bool = False
 
 
 class JobRegistry:
@@ -122,6 +139,7 @@ class JobRegistry:
                 "configs must live outside the mounts"
             )
         self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self.store = JobStore(config.state_dir)
 
     @property
     def validator(self) -> SubmitValidator:
@@ -132,6 +150,9 @@ class JobRegistry:
             max_config_bytes=cfg.max_config_bytes,
             require_check_token=cfg.require_check_token,
             token_check=cfg.token_check,
+            recheck=cfg.recheck,
+            allow_reporting=cfg.allow_reporting,
+            strict_schema=runs_sleap_nn(cfg.trainer_command),
         )
 
     # --- lifecycle ---------------------------------------------------------
@@ -141,6 +162,7 @@ class JobRegistry:
         crash). Returns the removed files."""
         self.configs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.configs_dir, 0o700)
+        self.store.purge(self.config.retention_s)
         removed = []
         for path in self.configs_dir.glob(f"{CONFIG_PREFIX}*{CONFIG_SUFFIX}"):
             with contextlib.suppress(FileNotFoundError):
@@ -149,7 +171,18 @@ class JobRegistry:
         return removed
 
     def get(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
+        job = self._jobs.get(job_id)
+        if job is None:
+            row = self.store.get(job_id)
+            if row is not None:
+                job = Job.from_row(row, self.store, self.config.history_limit)
+                self.remember(job)
+        return job
+
+    def remember(self, job: Job) -> None:
+        """Keep ``job`` in memory (a job the store or the start-up sweep rebuilt)."""
+        self._jobs[job.job_id] = job
+        self._evict()
 
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())
@@ -183,7 +216,7 @@ class JobRegistry:
             if violations:
                 return self._reject(job_id, violations), None
         digest = spec_hash(submit)
-        existing = self._jobs.get(job_id)
+        existing = self.get(job_id)
         if existing is not None:
             if existing.owner != owner:
                 return make_error(
@@ -249,6 +282,7 @@ class JobRegistry:
             resume_ckpt_path=str(checked.resume) if checked.resume is not None else None,
             video_path_map=checked.video_path_map,
             prefix_map=checked.prefix_map,
+            manifest=checked.manifest,
         )
         try:
             build_command(self.config.trainer_command, plan, publish_port=1, controller_port=1)
@@ -283,9 +317,12 @@ class JobRegistry:
             plan=plan,
             history_limit=self.config.history_limit,
             message="accepted",
+            store=self.store,
         )
+        job.save()  # committed before JobAccepted is sent
         self._jobs[submit.job_id] = job
         self._evict()
+        self.store.purge(self.config.retention_s)
         return accepted, job
 
     @staticmethod

@@ -3,13 +3,29 @@
 A path is allowed only when its fully resolved form (symlinks followed, ``..``
 collapsed) lies inside one of the operator's mount roots. Nothing is expanded
 from the user: no ``~``, no environment variables, no relative paths.
+
+Resolution is our own component walk, not ``os.path.realpath``: realpath gives
+back a path with its ``..`` left in when it meets a symlink loop, and a prefix
+check then calls it inside. Here a path that cannot be resolved fully (a loop,
+more than 40 links, a name or path too long, a folder that cannot be searched)
+is refused with :class:`Unresolvable`; a resolved path never holds ``.`` or
+``..``; the directory cache gives the same answer as no cache.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
+
+#: Symlinks followed while resolving one path before it counts as a loop (Linux's limit).
+MAX_SYMLINKS = 40
+#: Longest path (bytes, UTF-8) resolved; the kernel's PATH_MAX.
+MAX_PATH_BYTES = 4096
+#: Longest name of one path component (bytes, UTF-8); the kernel's NAME_MAX.
+MAX_NAME_BYTES = 255
 
 
 class PathRejected(ValueError):
@@ -25,6 +41,15 @@ class NotAbsolute(PathRejected):
 
     def __init__(self, path: str) -> None:
         super().__init__(path, f"{path!r} is not an absolute worker path")
+
+
+class Unresolvable(PathRejected):
+    """The path cannot be resolved fully: a symlink loop, too long, or unsearchable."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        shown = path if len(path) <= 200 else f"{path[:120]}...({len(path)} characters)"
+        super().__init__(path, f"{shown!r} cannot be resolved: {reason}")
+        self.reason = reason
 
 
 class OutsideMounts(PathRejected):
@@ -90,6 +115,8 @@ class MountPolicy:
 
         Raises:
             NotAbsolute: ``path`` is empty, relative, or contains a NUL byte.
+            Unresolvable: a symlink loop, a path or name too long, or a folder
+                on the way that cannot be searched.
             OutsideMounts: the resolved form lies outside every mount.
         """
         return Path(self.resolve_str(path, cache=cache))
@@ -109,6 +136,7 @@ class MountPolicy:
 
         Raises:
             NotAbsolute: ``path`` is empty, relative, or contains a NUL byte.
+            Unresolvable: see :meth:`resolve`.
         """
         text = os.fspath(path)
         if not text or "\x00" in text or not text.startswith("/"):
@@ -132,18 +160,80 @@ class MountPolicy:
         return f"MountPolicy({[str(r) for r in self._roots]!r})"
 
 
+def _too_long(text: str) -> str | None:
+    try:
+        raw = os.fsencode(text)
+    except UnicodeError:
+        return "the path is not valid text"
+    if len(raw) >= MAX_PATH_BYTES:
+        return f"the path is {len(raw)} bytes, over the limit of {MAX_PATH_BYTES - 1}"
+    if any(len(part) > MAX_NAME_BYTES for part in raw.split(b"/")):
+        return f"a name in it is over {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def _step(base: str, name: str, origin: str, budget: list[int]) -> str:
+    """Resolve one component ``name`` below the resolved folder ``base``."""
+    if name in ("", "."):
+        return base
+    if name == "..":
+        return os.path.dirname(base)
+    full = base.rstrip("/") + "/" + name
+    try:
+        st = os.lstat(full)
+    except (FileNotFoundError, NotADirectoryError):
+        return full  # nothing there: nothing to follow, the name stays as written
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise Unresolvable(origin, "the path or a name in it is too long") from None
+        raise Unresolvable(origin, f"{full} cannot be examined: {exc.strerror or exc}") from None
+    if not stat.S_ISLNK(st.st_mode):
+        return full
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise Unresolvable(origin, f"more than {MAX_SYMLINKS} symbolic links (a loop?)")
+    try:
+        target = os.readlink(full)
+    except OSError as exc:
+        raise Unresolvable(origin, f"link {full} cannot be read: {exc.strerror or exc}") from None
+    return _walk(target, "/" if target.startswith("/") else base, origin, budget)
+
+
+def _walk(text: str, base: str, origin: str, budget: list[int]) -> str:
+    current = base
+    for name in text.split("/"):
+        current = _step(current, name, origin, budget)
+    if len(current) >= MAX_PATH_BYTES:
+        raise Unresolvable(origin, "the resolved path is too long")
+    return current
+
+
+def _resolve_full(text: str) -> str:
+    reason = _too_long(text)
+    if reason is not None:
+        raise Unresolvable(text, reason)
+    return _walk(text, "/", text, [MAX_SYMLINKS])
+
+
 def _realpath(text: str, cache: dict[str, str] | None) -> str:
-    """``os.path.realpath(text)``, with resolved parent directories memoised in ``cache``."""
+    """``text`` resolved fully (see the module docstring); parent folders memoised in ``cache``.
+
+    The walk is component by component, so resolving ``head`` then the last
+    name from there is exactly the uncached walk (the cache only skips work).
+    """
     head, tail = os.path.split(text)
-    if cache is None or not tail or tail in (".", ".."):
-        return os.path.realpath(text)
-    real_head = cache.get(head)
-    if real_head is None:
-        real_head = os.path.realpath(head)
-        # A trailing NUL marks a folder that does not exist: nothing in it can
-        # be a symlink, so its files need no lstat. (NUL never occurs in paths.)
-        cache[head] = real_head = real_head if os.path.isdir(real_head) else real_head + "\x00"
-    if real_head.endswith("\x00"):
-        return os.path.join(real_head[:-1], tail)
-    full = os.path.join(real_head, tail)
-    return os.path.realpath(full) if os.path.islink(full) else full
+    if cache is None or not tail or tail in (".", "..") or head == text:
+        return _resolve_full(text)
+    reason = _too_long(text)
+    if reason is not None:
+        raise Unresolvable(text, reason)
+    entry = cache.get(head)
+    if entry is None:
+        budget = [MAX_SYMLINKS]
+        real_head = _walk(head, "/", text, budget)
+        cache[head] = f"{budget[0]}\x00{real_head}"  # links left, then the folder
+    else:
+        left, _, real_head = entry.partition("\x00")
+        budget = [int(left)]
+    # The head's links were followed already; the last name gets what is left.
+    return _walk(tail, real_head, text, budget)

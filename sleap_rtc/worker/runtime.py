@@ -64,7 +64,11 @@ class WorkerRuntime:
 
 
 def worker_metadata(
-    settings: WorkerSettings, *, status: str = "available", active_jobs: int = 0
+    settings: WorkerSettings,
+    *,
+    status: str = "available",
+    active_jobs: int = 0,
+    confinement: str = "",
 ) -> dict[str, Any]:
     """What clients of the room see about this worker in discovery."""
     from sleap_rtc import __version__
@@ -84,6 +88,9 @@ def worker_metadata(
             "versions": versions,
             "max_concurrency": settings.concurrency,
             "active_jobs": active_jobs,
+            # How the trainer is confined, e.g. "Landlock ABI 7 (files, TCP ports, ...)",
+            # or "NOT confined: ..." (empty: not reported).
+            "confinement": confinement,
         },
     }
 
@@ -112,12 +119,34 @@ def _gpu_name() -> str:
 
 
 class _Keys:
-    """The room's token-signing public keys, refreshed at each (re)registration."""
+    """The room's token-signing public keys, pinned on first use.
 
-    def __init__(self, room: str, cache: Path | None) -> None:
+    Without a ``jwks_file`` the worker takes the keys from the signaling server
+    at its first registration, writes them to ``state_dir/jwks.json`` (the pin)
+    and prints their fingerprint. At every later registration the server's keys
+    must be the pinned ones: a different set is refused (the pinned keys stay in
+    use and the worker says so), because over plain ``ws://`` anyone in the
+    path could hand out keys. Rotation, documented: stop the worker, delete
+    ``state_dir/jwks.json`` (or put the new JWKS there, or set ``jwks_file``),
+    start it again; it prints the new fingerprint. ``max_lifetime_s`` refuses
+    tokens that live longer, however validly signed.
+    """
+
+    def __init__(
+        self,
+        room: str,
+        cache: Path | None,
+        *,
+        max_lifetime_s: float | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
         self.room = room
         self.cache = cache
+        self.max_lifetime_s = max_lifetime_s
+        self.say = say or (lambda text: None)
         self.verifier: TokenVerifier | None = None
+        self.pinned: dict[str, Any] | None = None
+        self.refused = 0
 
     def load_file(self, path: Path) -> None:
         import json
@@ -125,29 +154,60 @@ class _Keys:
         from sleap_rtc.auth.tokens import TokenVerifier
 
         try:
-            self.verifier = TokenVerifier.from_jwks(json.loads(path.read_text(encoding="utf-8")))
+            self.verifier = TokenVerifier.from_jwks(
+                json.loads(path.read_text(encoding="utf-8")), max_lifetime_s=self.max_lifetime_s
+            )
         except (OSError, ValueError) as exc:
             raise WorkerSetupError(f"cannot use jwks_file {path}: {exc}") from None
 
-    def update(self, jwks: dict[str, Any]) -> None:
+    def update(self, jwks: dict[str, Any]) -> bool:
+        """The server's keys at a registration: pinned on first use, then they must
+        match the pin. Returns False when a change was refused."""
         import json
 
-        from sleap_rtc.auth.tokens import TokenVerifier, write_private
+        from sleap_rtc.auth.tokens import TokenVerifier, jwks_fingerprint, write_private
 
-        self.verifier = TokenVerifier.from_jwks(jwks)
+        new = jwks_fingerprint(jwks)
+        if self.pinned is not None:
+            old = jwks_fingerprint(self.pinned)
+            if new == old:
+                return True
+            self.refused += 1
+            where = self.cache if self.cache is not None else "the pin"
+            self.say(
+                f"REFUSED the signing keys the signaling server now presents ({new}); "
+                f"tokens are still checked against the pinned keys ({old}). If the room's "
+                f"keys were rotated, stop the worker, delete {where} and start it again."
+            )
+            return False
+        try:
+            verifier = TokenVerifier.from_jwks(jwks, max_lifetime_s=self.max_lifetime_s)
+        except ValueError as exc:
+            self.say(f"the signaling server's signing keys are not usable: {exc}")
+            return False
+        self.verifier = verifier
+        self.pinned = dict(jwks)
         if self.cache is not None:
             with contextlib.suppress(OSError):
                 write_private(self.cache, json.dumps(jwks).encode())
+        self.say(
+            f"pinned the room's token-signing keys {new} (first use); a later change is "
+            f"refused until {self.cache or 'the pin'} is deleted"
+        )
+        return True
 
     def load_cache(self) -> None:
         import json
 
-        from sleap_rtc.auth.tokens import TokenVerifier
+        from sleap_rtc.auth.tokens import TokenVerifier, jwks_fingerprint
 
         if self.cache is None or not self.cache.exists():
             return
         with contextlib.suppress(OSError, ValueError):
-            self.verifier = TokenVerifier.from_jwks(json.loads(self.cache.read_text()))
+            jwks = json.loads(self.cache.read_text())
+            self.verifier = TokenVerifier.from_jwks(jwks, max_lifetime_s=self.max_lifetime_s)
+            self.pinned = jwks
+            self.say(f"token-signing keys pinned in {self.cache}: {jwks_fingerprint(jwks)}")
 
     def verify(self, token: str) -> Claims:
         """The worker's own check of a client's token (signature, expiry, audience, room)."""
@@ -162,7 +222,8 @@ def build_service(
     settings: WorkerSettings, verifier: Callable[[str], Claims] | None
 ) -> WorkerService:
     """The worker service for these settings (the sessions, checks and jobs)."""
-    from sleap_rtc.worker.service import WorkerConfig, WorkerService
+    from sleap_rtc.worker.service import WorkerService
+    from sleap_rtc.worker.serviceconfig import WorkerConfig
 
     config = WorkerConfig(
         mounts=[m.path for m in settings.mounts],
@@ -172,6 +233,9 @@ def build_service(
         max_concurrent_jobs=settings.concurrency,
         max_config_bytes=settings.max_config_bytes,
         worker_id=settings.name,
+        confinement=settings.confinement,
+        allow_reporting=settings.allow_reporting,
+        job_retention_s=settings.job_retention_days * 86400.0 or None,
     )
     return WorkerService(config)
 
@@ -226,7 +290,12 @@ async def run_worker(
 
     out = say or _say
     state = runtime or WorkerRuntime()
-    keys = _Keys(settings.room, settings.state_dir / "jwks.json")
+    keys = _Keys(
+        settings.room,
+        settings.state_dir / "jwks.json",
+        max_lifetime_s=settings.max_token_lifetime_hours * 3600.0,
+        say=out,
+    )
     if settings.jwks_file is not None:
         keys.load_file(settings.jwks_file)
     else:
@@ -236,6 +305,8 @@ async def run_worker(
         await service.start()
     except ValueError as exc:
         raise WorkerSetupError(f"cannot start the worker: {exc}") from None
+    confinement = service.confinement_summary()
+    out(f"trainer confinement: {confinement}")
     writer = _open_capture(capture)
     stopping = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -263,7 +334,9 @@ async def run_worker(
     status = StatusReporter(
         service,
         settings.concurrency,
-        lambda shown, active: worker_metadata(settings, status=shown, active_jobs=active),
+        lambda shown, active: worker_metadata(
+            settings, status=shown, active_jobs=active, confinement=confinement
+        ),
     )
 
     async def session() -> None:

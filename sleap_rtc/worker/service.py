@@ -32,21 +32,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import logging
 import secrets
+import shutil
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq.asyncio
 from google.protobuf.message import Message
 
 from sleap_rtc import __version__
-from sleap_rtc.auth.tokens import Claims, TokenError
 from sleap_rtc.transport.link import Link
+from sleap_rtc.worker.confine import probe as probe_confinement
 from sleap_rtc.worker.connection import Connection
 from sleap_rtc.worker.events import (
     ClientAccepted,
@@ -56,15 +57,19 @@ from sleap_rtc.worker.events import (
     make_error,
 )
 from sleap_rtc.worker.index import FileIndex
+from sleap_rtc.worker.intakecheck import IntakeRecheck
 from sleap_rtc.worker.jobrecord import Job, RunResult
 from sleap_rtc.worker.jobs import IntakeConfig, JobRegistry
+from sleap_rtc.worker.launcher import ConfinementRequired, LaunchPolicy, Mode
 from sleap_rtc.worker.mounts import MountPolicy, PathRejected
+from sleap_rtc.worker.orphans import StateLock
 from sleap_rtc.worker.pathcheck import PathChecker
-from sleap_rtc.worker.session import TokenRefused, Verifier, WorkerInfo, WorkerSession
-from sleap_rtc.worker.trainer import RunLimits, TrainerRun
-from sleap_rtc.worker.trainplan import DEFAULT_TRAINER_COMMAND
+from sleap_rtc.worker.recovery import sweep
+from sleap_rtc.worker.serviceconfig import WorkerConfig, session_verifier
+from sleap_rtc.worker.session import WorkerInfo, WorkerSession
+from sleap_rtc.worker.trainer import TrainerRun
 from sleap_rtc.worker.zmqprogress import ProgressUpdate
-from sleap_rtc_proto.limits import MAX_CONFIG_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES
+from sleap_rtc_proto.stream import ByteBudget
 from sleap_rtc_proto.v1 import error_pb2, job_pb2, paths_pb2, progress_pb2
 
 log = logging.getLogger(__name__)
@@ -76,76 +81,6 @@ def _components() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[name] = importlib.metadata.version(name)
     return out
-
-
-#: Checks a client's token and returns its claims (e.g.
-#: ``functools.partial(TokenVerifier.verify, room=...)``); raises TokenError.
-TokenCheck = Callable[[str], Claims]
-
-
-def session_verifier(check: TokenCheck) -> Verifier:
-    """The sans-IO session's verifier (token -> subject) for a claims-returning ``check``."""
-
-    def verify(token: str) -> str:
-        try:
-            return check(token).subject
-        except TokenError as exc:
-            raise TokenRefused(exc.reason, exc.message) from None
-
-    return verify
-
-
-@dataclass(kw_only=True)
-class WorkerConfig:
-    """Operator settings of one worker.
-
-    Attributes:
-        mounts: allowed roots; every path a client names must resolve inside one.
-        state_dir: worker-owned folder outside the mounts (temp configs live in
-            ``state_dir/configs``, mode 0700, files 0600).
-        verifier: checks each client's Hello token (e.g.
-            ``functools.partial(TokenVerifier.verify, room=...)``). Required;
-            ``None`` explicitly turns authentication off (local development).
-        runs_dir: folder inside a mount for run outputs; default
-            ``<first mount>/sleap-rtc-runs``.
-        trainer_command: command prefix; the worker appends ``--config`` etc.
-        trainer_env: extra environment for the trainer.
-        max_concurrent_jobs: running jobs at once; past it, Error BUSY.
-        require_check_token: refuse submits without a passing path check.
-        worker_id: peer id reported in HelloAck.
-        token_secret: HMAC key for check tokens; default: random per start.
-        max_frame_bytes, max_message_bytes, max_config_bytes: receive limits.
-        run_limits: trainer timeouts and log batching.
-        history_limit: progress/log messages kept per job for JobAttach.
-        build_index: index file names under the mounts for suggestions.
-        disclose_mounts: tell clients the mount roots.
-        send_timeout_s: a send that takes longer closes the connection.
-        max_outbox_frames: frames queued for a slow connection before it is closed.
-        max_path_checks: path checks in flight per connection.
-        shutdown_grace_s: how long close() waits for trainers to end.
-    """
-
-    mounts: Sequence[str | Path]
-    state_dir: Path
-    verifier: TokenCheck | None
-    runs_dir: Path | None = None
-    trainer_command: Sequence[str] = DEFAULT_TRAINER_COMMAND
-    trainer_env: Mapping[str, str] = field(default_factory=dict)
-    max_concurrent_jobs: int = 1
-    require_check_token: bool = True
-    worker_id: str = "worker"
-    token_secret: bytes | None = None
-    max_frame_bytes: int = MAX_FRAME_BYTES
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-    max_config_bytes: int = MAX_CONFIG_BYTES
-    run_limits: RunLimits = field(default_factory=RunLimits)
-    history_limit: int = 10_000
-    build_index: bool = True
-    disclose_mounts: bool = True
-    send_timeout_s: float = 30.0
-    max_outbox_frames: int = 20_000
-    max_path_checks: int = 4
-    shutdown_grace_s: float = 15.0
 
 
 class _JobSink:
@@ -200,8 +135,29 @@ class WorkerService:
                 max_config_bytes=config.max_config_bytes,
                 require_check_token=config.require_check_token,
                 token_check=self.checker.verify_check_token,
+                recheck=IntakeRecheck(self.checker),
+                allow_reporting=config.allow_reporting,
                 history_limit=config.history_limit,
+                retention_s=config.job_retention_s,
             )
+        )
+        self._state_lock = StateLock(Path(config.state_dir))
+        self._preauth_budget = ByteBudget(config.max_preauth_bytes)
+        self.confinement = probe_confinement()
+        mode = Mode(config.confinement)
+        if mode is Mode.REQUIRE and not self.confinement.network:
+            raise ConfinementRequired(
+                "the operator requires confinement ([trainer] confinement = \"require\") "
+                f"but {self.confinement.describe()}"
+                + ("" if not self.confinement.available else ": no TCP rules (ABI < 4)")
+            )
+        self.sandbox = LaunchPolicy(
+            mode=mode,
+            availability=self.confinement,
+            temp_root=Path(config.state_dir) / "trainer-tmp",
+            mounts=tuple(str(r) for r in self.policy.roots),
+            allow_reporting=config.allow_reporting,
+            extra_env=dict(config.trainer_env),
         )
         self._zmq: zmq.asyncio.Context | None = None
         self._runs: dict[str, asyncio.Task[None]] = {}
@@ -210,13 +166,36 @@ class WorkerService:
         self._index_task: asyncio.Task[None] | None = None
         self.started = False
 
+    def confinement_summary(self) -> str:
+        """One line on how trainers are confined here (start-up message, ``workers``)."""
+        if self.sandbox.mode is Mode.OFF:
+            return "off (operator setting); trainers run unconfined"
+        if not self.confinement.available:
+            return f"NOT confined: {self.confinement.describe()}"
+        gaps = "" if self.confinement.network else "; no TCP rules at this ABI"
+        return f"{self.confinement.describe()}{gaps}"
+
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
         """Prepare folders, remove temp configs a crashed worker left, check runs_dir,
         and start building the file index in a thread (start() does not wait for it;
-        the first path check does, if it comes before the walk ends)."""
-        removed = self.registry.prepare()
+        the first path check does, if it comes before the walk ends).
+
+        Before anything is served, the jobs an earlier worker life left open in the
+        job store end with the true reason (:func:`~.recovery.sweep`): a trainer
+        still running unsupervised is stopped first. Raises
+        :class:`~.orphans.StateLocked` when another worker uses the state folder."""
+        first = self._state_lock.acquire()
+        if first:  # the first service of this process on the folder
+            await asyncio.to_thread(
+                sweep, self.registry, grace_s=self.config.run_limits.term_grace_s
+            )
+            # No trainer runs now (the sweep ended every open job): run temps are stale.
+            if self.sandbox.temp_root.is_dir():
+                for leftover in self.sandbox.temp_root.iterdir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+        removed = self.registry.prepare() if first else []
         if removed:
             log.info("removed %d stale temp config(s) from %s", len(removed), removed[0].parent)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +258,7 @@ class WorkerService:
         if self._zmq is not None:
             self._zmq.destroy(linger=0)
             self._zmq = None
+        self._state_lock.release()
         self.started = False
 
     # --- one connection --------------------------------------------------------
@@ -298,6 +278,8 @@ class WorkerService:
             ),
             send_timeout_s=cfg.send_timeout_s,
             max_outbox_frames=cfg.max_outbox_frames,
+            max_outbox_bytes=cfg.max_outbox_bytes,
+            preauth_budget=self._preauth_budget,
         )
         self._connections.add(conn)
         try:
@@ -348,7 +330,9 @@ class WorkerService:
         self, conn: Connection, cid: int, request: paths_pb2.PathCheckRequest
     ) -> None:
         try:
-            result = await asyncio.to_thread(self.checker.check, request)
+            result = await asyncio.to_thread(
+                functools.partial(self.checker.check, request, features=conn.features)
+            )
         except Exception as exc:
             log.exception("path check failed")
             conn.reply_error(
@@ -385,6 +369,9 @@ class WorkerService:
             context=self._zmq,
             limits=self.config.run_limits,
             env=self.config.trainer_env,
+            on_started=job.trainer_started,
+            on_exited=job.trainer_exited,
+            sandbox=self.sandbox,
         )
         job.start(run)
         self._runs[job.job_id] = asyncio.create_task(self._run(job, run))

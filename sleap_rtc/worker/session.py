@@ -303,6 +303,18 @@ class WorkerSession:
                 )
             ]
         assert isinstance(body, Message)
+        if self.chosen_version is not None and row.since > self.chosen_version:
+            return [
+                self._violation(
+                    mid,
+                    make_error(
+                        error_pb2.ERROR_CODE_UNEXPECTED,
+                        f"{row.name} needs protocol {row.since}; this connection speaks "
+                        f"{self.chosen_version}",
+                        details={"body": row.name},
+                    ),
+                )
+            ]
         if isinstance(body, job_pb2.JobSubmit):
             # Rule violations of a submit are answered with JobRejected (job.proto).
             violations = submit_violations(body, max_config_bytes=self.info.max_config_bytes)

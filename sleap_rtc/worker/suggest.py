@@ -1,20 +1,21 @@
-"""Client paths, path mappings, and suggestions for videos the worker cannot find.
+"""Suggestions for videos (and labels files) the worker cannot find.
 
-`ClientPath` parses a path as the client wrote it (POSIX or Windows) into
-comparable parts; `Mapper` applies a request's exact and prefix mappings;
-`Finder` ranks candidate worker paths for missing videos and infers prefix
-rules (``/Users/me/data -> /mnt/lab/data``) from found videos and from
-same-name matches under the mounts.
+`Finder` ranks candidate worker paths for missing files and proposes prefix
+rules (``/Users/me/data -> /mnt/lab/data``) inferred from found videos and
+from same-name matches under the mounts. Spellings, mappings and rule
+inference are the shared model's (:mod:`sleap_rtc.paths`): every proposed
+rule's worker folder lies inside a mount, so the same worker accepts it at
+submit.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import cast
 
+from sleap_rtc.paths.infer import Rule, infer_rules, order_proposals
+from sleap_rtc.paths.model import ClientPath, Key
 from sleap_rtc.worker.index import FileIndex
 from sleap_rtc.worker.mounts import MountPolicy, PathRejected
 from sleap_rtc_proto.v1 import paths_pb2
@@ -27,147 +28,6 @@ _SCAN_ALL = 64
 _AMBIGUOUS_KEEP = 2
 #: Same-name candidates whose sizes are compared when the client sent a size.
 _SCAN_SIZES = 5_000
-_DRIVE = re.compile(r"[A-Za-z]:(?=[\\/]|$)")
-
-Key = tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ClientPath:
-    """A client path split for comparison; ``text`` keeps the original string.
-
-    ``anchor`` is ``"/"`` (rooted), ``"C:"`` (drive), ``"//"`` (UNC) or ``""``
-    (relative). Windows paths compare case-insensitively.
-    """
-
-    text: str
-    anchor: str
-    parts: tuple[str, ...]
-    windows: bool
-    sep: str
-
-    @classmethod
-    def parse(cls, text: str) -> ClientPath:
-        if text.startswith("/") and text[1:2] != "/" and "\\" not in text:  # plain POSIX
-            parts = tuple(p for p in text.split("/") if p and p != ".")
-            return cls(text, "/", parts, False, "/")
-        unc = text.startswith("\\\\") or (text.startswith("//") and text[2:3] not in ("/", ""))
-        windows = bool(_DRIVE.match(text)) or unc or ("\\" in text and not text.startswith("/"))
-        flat = text.replace("\\", "/") if windows else text
-        if windows and _DRIVE.match(flat):
-            anchor, rest = flat[:2], flat[2:]
-        elif unc:
-            anchor, rest = "//", flat[2:]
-        elif flat.startswith("/"):
-            anchor, rest = "/", flat
-        else:
-            anchor, rest = "", flat
-        parts = tuple(p for p in rest.split("/") if p and p != ".")
-        return cls(text, anchor, parts, windows, "\\" if "\\" in text else "/")
-
-    @property
-    def name(self) -> str:
-        """The base name (Windows-aware)."""
-        return self.parts[-1] if self.parts else ""
-
-    @property
-    def relative(self) -> bool:
-        return not self.anchor
-
-    def key(self, n: int | None = None) -> Key:
-        """Comparison key of the anchor and the first ``n`` parts (all by default)."""
-        parts = self.parts if n is None else self.parts[:n]
-        if self.windows:
-            return (self.anchor.casefold(), *(p.casefold() for p in parts))
-        return (self.anchor, *parts)
-
-    def render(self, n: int) -> str:
-        """The first ``n`` parts as a prefix string in the original's style."""
-        body = self.sep.join(self.parts[:n])
-        if self.anchor == "//":
-            return self.sep * 2 + body
-        if self.anchor == "/":
-            return self.sep + body
-        return f"{self.anchor}{self.sep}{body}" if self.anchor else body
-
-
-def join_worker(prefix: str, rest: Sequence[str]) -> str:
-    """``prefix`` + ``/`` + ``rest`` parts (worker paths always use ``/``)."""
-    return f"{prefix.rstrip('/')}/{'/'.join(rest)}" if rest else prefix
-
-
-class Mapper:
-    """Exact mappings first, then the longest matching prefix mapping."""
-
-    def __init__(self, exact: Mapping[str, str], prefix: Mapping[str, str]) -> None:
-        self._exact = {ClientPath.parse(k).key(): v for k, v in exact.items() if k}
-        self._prefix: dict[Key, str] = {}
-        for k, v in prefix.items():
-            cp = ClientPath.parse(k)
-            if cp.anchor or cp.parts:
-                self._prefix[cp.key()] = v
-        self._depths = sorted({len(k) - 1 for k in self._prefix}, reverse=True)
-
-    def find(self, cp: ClientPath) -> str | None:
-        """The mapped worker path, or None when no mapping matches."""
-        hit = self._exact.get(cp.key())
-        if hit is not None:
-            return hit
-        for n in self._depths:
-            if n <= len(cp.parts):
-                target = self._prefix.get(cp.key(n))
-                if target is not None:
-                    return join_worker(target, cp.parts[n:])
-        return None
-
-    def maps(self, cp: ClientPath) -> bool:
-        return self.find(cp) is not None
-
-    def map(self, cp: ClientPath) -> str | None:
-        """The worker path to check: mapped, or the original if it is a POSIX
-        absolute path; None when none can be formed (Windows, relative)."""
-        hit = self.find(cp)
-        if hit is not None:
-            return hit
-        return cp.text if cp.anchor == "/" and not cp.windows else None
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """A prefix rule: original prefix (first ``n`` parts, ``key``) -> worker prefix."""
-
-    key: Key
-    n: int
-    original: str
-    worker: str
-
-    def apply(self, cp: ClientPath) -> str:
-        return join_worker(self.worker, cp.parts[self.n :])
-
-
-def infer_rules(cp: ClientPath, worker: str, *, specific: bool = True) -> list[Rule]:
-    """Rules that map ``cp`` to ``worker``: strip the longest common tail of
-    parts (the most general rule) and, if ``specific``, strip only the name."""
-    if cp.relative:
-        return []
-    wparts = tuple(p for p in worker.split("/") if p)
-    fold = cp.windows
-    common = 0
-    for a, b in zip(reversed(cp.parts), reversed(wparts), strict=False):
-        if (a.casefold() != b.casefold()) if fold else (a != b):
-            break
-        common += 1
-    min_orig = {"//": 2, "/": 1}.get(cp.anchor, 0)
-    general = min(common, len(cp.parts) - min_orig, len(wparts) - 1)
-    rules = []
-    for strip in sorted({general, 1} if specific else {general}):
-        if strip < 1 or strip > general:
-            continue
-        n = len(cp.parts) - strip
-        rule = Rule(cp.key(n), n, cp.render(n), "/" + "/".join(wparts[: len(wparts) - strip]))
-        if cp.windows or rule.original != rule.worker:
-            rules.append(rule)
-    return rules
 
 
 def _ancestors(items: Iterable[tuple[int, ClientPath]]) -> dict[Key, list[int]]:
@@ -277,6 +137,12 @@ class Finder:
         ]
         return msgs, out
 
+    def labels(self, cp: ClientPath, limit: int) -> list[Candidate]:
+        """Suggestions for a labels file the worker cannot find: same-name files
+        under the mounts, best first (protocol 1.2, ``labels_suggestions``)."""
+        found = [(path, cand) for path, cand, _tail in self._same_name(cp, limit)]
+        return found[:limit]
+
     def _exists(self, path: str) -> bool:
         if self._index is not None:
             return self._index.has_path(path)
@@ -294,8 +160,18 @@ class Finder:
     ) -> list[tuple[Rule, list[int], int]]:
         by_prefix = _ancestors(cps.items())
         found_by_prefix = _ancestors(enumerate(cp for cp, _ in found))
-        rules = {rule for cp, path in found for rule in infer_rules(cp, path)}
-        rules.update(r for cp, path in pairs for r in infer_rules(cp, path, specific=False))
+        roots = [str(r) for r in self._policy.roots]
+        rules: set[Rule] = set()
+        folders: set[tuple[Key, str]] = set()  # one inference per (client, worker) folder pair
+        for cp, path in (*found, *pairs):
+            head, _, name = path.rpartition("/")
+            same = cp.name.casefold() == name.casefold() if cp.windows else cp.name == name
+            folder = (cp.key(len(cp.parts) - 1), head)
+            if same and folder in folders:
+                continue  # same folders, same name: the same rules
+            if same:
+                folders.add(folder)
+            rules.update(infer_rules(cp, path, roots=roots))
         scored: list[tuple[Rule, list[int], int]] = []
         for rule in rules:
             resolves = [i for i in by_prefix.get(rule.key, ()) if self._exists(rule.apply(cps[i]))]
@@ -306,16 +182,7 @@ class Finder:
             )
             if resolves and (support or len(resolves) >= 2):
                 scored.append((rule, resolves, support + len(resolves)))
-        scored.sort(key=lambda e: (-len(e[1]), -e[2], -e[0].n, e[0].original, e[0].worker))
-        accepted: list[tuple[Rule, list[int], int]] = []
-        covered: set[int] = set()
-        for rule, resolves, evidence in scored:
-            if not covered.issuperset(resolves):
-                accepted.append((rule, resolves, evidence))
-                covered.update(resolves)
-                if len(accepted) == MAX_PROPOSALS:
-                    break
-        return accepted
+        return order_proposals(scored, MAX_PROPOSALS)
 
     def _same_name(self, cp: ClientPath, limit: int) -> list[tuple[str, _Cand, int]]:
         """Same-name files under the mounts: (path, candidate, folder-tail length)."""

@@ -29,7 +29,7 @@ import shlex
 import signal
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +38,9 @@ import zmq
 import zmq.asyncio
 
 from sleap_rtc.worker.jobrecord import RunResult
+from sleap_rtc.worker.jobstore import TrainerIdentity
+from sleap_rtc.worker.launcher import Launch, LaunchPolicy
+from sleap_rtc.worker.orphans import die_with_worker, process_start_ticks
 from sleap_rtc.worker.trainplan import (
     TrainPlan,
     build_command,
@@ -128,6 +131,15 @@ class TrainerRun:
         context: the worker's ``zmq.asyncio.Context``.
         limits: timeouts and batching.
         env: extra environment variables for the trainer.
+        sandbox: how to launch it confined (:class:`~.launcher.LaunchPolicy`:
+            Landlock launcher, private temp, scrubbed environment); None runs
+            the command directly with the worker's environment.
+        on_started: called with the trainer's identity (pid, start time, ports)
+            as soon as its process exists (the job store records it).
+        on_exited: called with the exit status when the trainer process ended,
+            before the result is worked out.
+
+    The trainer dies with the worker (:func:`~.orphans.die_with_worker`, Linux).
     """
 
     def __init__(
@@ -139,7 +151,13 @@ class TrainerRun:
         context: zmq.asyncio.Context,
         limits: RunLimits = RunLimits(),
         env: Mapping[str, str] | None = None,
+        on_started: Callable[[TrainerIdentity], None] | None = None,
+        on_exited: Callable[[int | None], None] | None = None,
+        sandbox: LaunchPolicy | None = None,
     ) -> None:
+        self.sandbox = sandbox
+        self.on_started = on_started
+        self.on_exited = on_exited
         self.command = tuple(command)
         self.plan = plan
         self.sink = sink
@@ -148,6 +166,7 @@ class TrainerRun:
         self.env = dict(env or {})
         self.publish_port = 0
         self.controller_port = 0
+        self._launch: Launch | None = None
         self.pid: int | None = None
         self.stop_requested = False
         self._end_request: tuple[int, str] | None = None
@@ -261,6 +280,28 @@ class TrainerRun:
                 )
             self.sink.log(progress_pb2.LOG_STREAM_WORKER, [f"$ {shlex.join(argv)}"])
             env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+            if self.sandbox is not None:
+                try:
+                    launch = self.sandbox.prepare(
+                        self.command,
+                        argv,
+                        run_dir=self.plan.run_dir,
+                        config_file=self.plan.config_file,
+                        manifest=self.plan.manifest,
+                        publish_port=self.publish_port,
+                        controller_port=self.controller_port,
+                    )
+                except OSError as exc:
+                    return self._result(
+                        False,
+                        progress_pb2.FAILURE_CODE_INTERNAL,
+                        None,
+                        f"could not prepare the trainer's launch: {exc.strerror or exc}",
+                        started,
+                    )
+                self._launch = launch
+                argv, env = launch.argv, launch.env
+                self.sink.log(progress_pb2.LOG_STREAM_WORKER, [f"trainer {launch.note}"])
             run_dir = self.plan.run_dir  # the job's own folder when it exists: stray files
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -271,6 +312,7 @@ class TrainerRun:
                     cwd=str(run_dir if run_dir.is_dir() else self.plan.ckpt_dir),
                     env=env,
                     start_new_session=True,
+                    preexec_fn=die_with_worker(),
                 )
             except OSError as exc:
                 return self._result(
@@ -281,6 +323,15 @@ class TrainerRun:
                     started,
                 )
             self.pid = proc.pid
+            if self.on_started is not None:
+                self.on_started(
+                    TrainerIdentity(
+                        proc.pid,
+                        process_start_ticks(proc.pid) or 0,
+                        self.publish_port,
+                        self.controller_port,
+                    )
+                )
             self._last_activity = time.monotonic()
             assert proc.stdout is not None and proc.stderr is not None
             readers = [
@@ -290,6 +341,8 @@ class TrainerRun:
             events = asyncio.create_task(self._events(sub))
             tasks = [*readers, events, asyncio.create_task(self._flusher())]
             code, message = await self._supervise(proc, started)
+            if self.on_exited is not None:
+                self.on_exited(proc.returncode)
             # The leader is gone: take stragglers of its group with it, then drain.
             _kill_group(proc.pid, signal.SIGKILL)
             await asyncio.wait(readers, timeout=5.0)
@@ -311,6 +364,9 @@ class TrainerRun:
             self._pub = None
             sub.close(linger=0)
             pub.close(linger=0)
+            if self._launch is not None:
+                self._launch.cleanup()  # the private temp folder, once the trainer is gone
+                self._launch = None
 
     async def _supervise(self, proc: asyncio.subprocess.Process, started: float) -> tuple[int, str]:
         """Wait for the exit, enforcing limits and control. Returns (failure code, message)

@@ -34,6 +34,8 @@ class TrainPlan:
         resume_ckpt_path: resolved checkpoint to resume from, if any.
         video_path_map: exact (original, worker) video path pairs.
         prefix_map: (original prefix, worker prefix) pairs.
+        manifest: ``(path, dev, inode, size, mtime_ns)`` of every file the path
+            check covered, re-checked by the launcher just before the trainer starts.
     """
 
     config_file: Path
@@ -47,6 +49,7 @@ class TrainPlan:
     resume_ckpt_path: str | None = None
     video_path_map: tuple[tuple[str, str], ...] = ()
     prefix_map: tuple[tuple[str, str], ...] = ()
+    manifest: tuple[tuple[str, int, int, int, int], ...] = ()
 
     @property
     def run_dir(self) -> Path:

@@ -3,9 +3,13 @@
 :meth:`SubmitValidator.validate` reads nothing outside the mounts and writes
 nothing: every path (labels, val labels, resume checkpoint, mapping targets,
 config paths, paths inside the config) goes through the :class:`MountPolicy`,
-the config YAML is parsed safely (:func:`parse_config_yaml`), and the
-path-check token is verified against the submit's resolved labels path and
-its mappings. The answer is either a :class:`ValidSpec` (resolved paths, the
+the config YAML is parsed safely (:func:`parse_config_yaml`) and made
+canonical against sleap-nn's schema (:func:`.canonconfig.canonicalize`: no
+Hydra directives, no interpolation, every path field resolved, reporting off),
+the path-check token is verified against the submit's resolved labels path
+and its mappings, and the path check is run again (``recheck``) so that every
+video's resolved path is handed to the trainer explicitly and the resolved
+files are exactly the token's. The answer is either a :class:`ValidSpec` (resolved paths, the
 config text and data) or the list of :class:`FieldViolation` s naming every
 problem found. :mod:`.jobs` does the rest (idempotency, busy, temp config,
 run folder).
@@ -19,21 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sleap_rtc.paths.model import shown
+from sleap_rtc.worker.canonconfig import canonicalize
+from sleap_rtc.worker.checktoken import token_files
 from sleap_rtc.worker.config_yaml import ConfigYamlError, parse_config_yaml
-from sleap_rtc.worker.mounts import MountPolicy, NotAbsolute, OutsideMounts
+from sleap_rtc.worker.intakecheck import Rechecked
+from sleap_rtc.worker.mounts import MountPolicy, NotAbsolute, OutsideMounts, PathRejected
+from sleap_rtc.worker.pathcheck import mapping_refusals
 from sleap_rtc_proto import rules
 from sleap_rtc_proto.limits import MAX_CONFIG_BYTES
 from sleap_rtc_proto.v1 import job_pb2, spec_pb2
 
 V = job_pb2
-
-#: Config keys holding paths the trainer uses as they are (others are overridden).
-CONFIG_PATH_KEYS = (
-    ("data_config", "test_file_path"),
-    ("data_config", "cache_img_path"),
-    ("model_config", "pretrained_backbone_weights"),
-    ("model_config", "pretrained_head_weights"),
-)
 
 #: Rule ids of the worker's own checks (beyond sleap_rtc_proto.rules).
 WORKER_RULES: dict[str, str] = {
@@ -43,6 +44,9 @@ WORKER_RULES: dict[str, str] = {
     "worker.path.exists": "A worker path exists.",
     "worker.path.readable": "A worker path is a readable file (or a folder for prefixes).",
     "worker.path.trainer": "A worker path can be passed to the trainer.",
+    "worker.path.mapping": "A mapping is well formed, does not conflict with another, and its "
+    "worker side lies inside the mounts (the path check's rule: pathcheck.mapping_refusals).",
+    "worker.path.resolvable": "A worker path resolves fully (no symlink loop, not too long).",
     "worker.check_token.required": "The worker requires a passing path check before submit.",
     "worker.check_token.stale": "The checked files and the mappings have not changed since "
     "the check (the labels file's own mapping may be left out).",
@@ -51,6 +55,18 @@ WORKER_RULES: dict[str, str] = {
     "image cache) resolve inside the mounts.",
     "config.model_config.required": "The config has a model_config section.",
 }
+
+
+class Recheck(Protocol):
+    """Runs the path check again for a submit: the resolved videos, or a reason."""
+
+    def __call__(
+        self,
+        labels_path: str,
+        *,
+        path_mappings: Mapping[str, str],
+        prefix_mappings: Mapping[str, str],
+    ) -> Rechecked | str: ...
 
 
 class TokenCheck(Protocol):
@@ -95,6 +111,7 @@ class ValidSpec:
     prefix_map: tuple[tuple[str, str], ...]
     content: str
     data: dict[str, Any]
+    manifest: tuple[tuple[str, int, int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,12 +123,21 @@ class SubmitValidator:
         max_config_bytes: cap on config_content and config files.
         require_check_token: refuse submits without a path-check token.
         token_check: verifies a token; None skips the check.
+        recheck: runs the path check again (see :mod:`.intakecheck`); None
+            hands the trainer the spec's own mappings (tests without a checker).
+        allow_reporting: the operator allows reporting services (wandb).
+        strict_schema: refuse keys sleap-nn's schema does not define (the
+            trainer is sleap-nn); otherwise unknown keys pass through, while
+            Hydra directives, interpolation and the path fields are still checked.
     """
 
     policy: MountPolicy
     max_config_bytes: int = MAX_CONFIG_BYTES
     require_check_token: bool = True
     token_check: TokenCheck | None = None
+    recheck: Recheck | None = None
+    allow_reporting: bool = False
+    strict_schema: bool = True
 
     def validate(
         self, spec: spec_pb2.TrainJobSpec, check_token: str
@@ -139,6 +165,7 @@ class SubmitValidator:
             for old, new in sorted(spec.prefix_mappings.items())
             if self.inside(f"spec.prefix_mappings[{old!r}]", new, out) is not None
         )
+        self.mappings(spec, out)
         content, config_field, config_path = self.config_text(spec, out)
         data: dict[str, Any] | None = None
         if content is not None:
@@ -147,7 +174,26 @@ class SubmitValidator:
             except ConfigYamlError as exc:
                 out.append(exc.to_violation(field=config_field, path=config_path))
             else:
-                self.config_paths(data, config_field, out)
+                canonical = canonicalize(
+                    data,
+                    self.policy,
+                    labels=str(labels) if labels is not None else None,
+                    val_labels=str(val) if val is not None else None,
+                    resume=str(resume) if resume is not None else None,
+                    allow_reporting=self.allow_reporting,
+                    strict=self.strict_schema,
+                )
+                for problem in canonical.problems:
+                    out.append(
+                        violation(
+                            f"{config_field}:{problem.key}",
+                            problem.rule_id,
+                            problem.code,
+                            problem.message,
+                            problem.value or config_path,
+                        )
+                    )
+                content = canonical.to_yaml()
                 if not isinstance(data.get("model_config"), dict):
                     out.append(
                         violation(
@@ -160,15 +206,49 @@ class SubmitValidator:
                     )
         if labels is not None:
             self.check_token(check_token, str(labels), spec, out)
+        manifest: tuple[tuple[str, int, int, int, int], ...] = ()
+        if labels is not None and not out and self.recheck is not None:
+            again = self.again(str(labels), spec, check_token, out)
+            if again is not None:
+                exact, prefixes, manifest = again.video_map, (), again.manifest
         if out:
             return out
         assert labels is not None and content is not None and data is not None
-        return ValidSpec(labels, val, resume, exact, prefixes, content, data)
+        return ValidSpec(labels, val, resume, exact, prefixes, content, data, manifest)
+
+    def mappings(self, spec: spec_pb2.TrainJobSpec, out: list[job_pb2.FieldViolation]) -> None:
+        """The path check's own refusals of the spec's mappings (one rule on both sides)."""
+        flagged = {v.field for v in out}
+        for problem in mapping_refusals(
+            self.policy, dict(spec.path_mappings), dict(spec.prefix_mappings)
+        ):
+            table = "path_mappings" if problem.kind == "exact" else "prefix_mappings"
+            field = f"spec.{table}[{problem.original!r}]"
+            if field not in flagged:
+                out.append(
+                    violation(
+                        field,
+                        "worker.path.mapping",
+                        V.VIOLATION_CODE_INVALID,
+                        str(problem),
+                        problem.worker,
+                    )
+                )
 
     def inside(self, field: str, path: str, out: list[job_pb2.FieldViolation]) -> Path | None:
         """``path`` resolved inside the mounts, else None and a violation."""
         try:
             return self.policy.resolve(path)
+        except OSError as exc:  # a lookup on the way failed: typed, never INTERNAL
+            out.append(
+                violation(
+                    field,
+                    "worker.path.readable",
+                    V.VIOLATION_CODE_INVALID,
+                    f"{field}: the path cannot be examined: {exc.strerror or exc}",
+                    path[:1000],
+                )
+            )
         except NotAbsolute:
             out.append(
                 violation(
@@ -185,9 +265,19 @@ class SubmitValidator:
                     field,
                     "worker.path.mounts",
                     V.VIOLATION_CODE_OUTSIDE_MOUNTS,
-                    f"{path!r} lies outside the worker's allowed mounts "
+                    f"{shown(path)} lies outside the worker's shared storage "
                     f"({', '.join(str(r) for r in self.policy.roots)})",
                     path,
+                )
+            )
+        except PathRejected as exc:  # a symlink loop, a path too long
+            out.append(
+                violation(
+                    field,
+                    "worker.path.resolvable",
+                    V.VIOLATION_CODE_INVALID,
+                    f"{field}: {exc}",
+                    path[:1000],
                 )
             )
         return None
@@ -197,7 +287,20 @@ class SubmitValidator:
         resolved = self.inside(field, path, out)
         if resolved is None:
             return None
-        if not resolved.exists():
+        try:
+            exists = resolved.exists()
+        except OSError as exc:
+            out.append(
+                violation(
+                    field,
+                    "worker.path.readable",
+                    V.VIOLATION_CODE_UNREADABLE,
+                    f"{field}: {path[:200]!r} cannot be examined: {exc.strerror or exc}",
+                    path[:1000],
+                )
+            )
+            return None
+        if not exists:
             out.append(
                 violation(
                     field,
@@ -312,18 +415,39 @@ class SubmitValidator:
                 )
             )
 
-    def config_paths(
-        self, data: dict[str, Any], field: str, out: list[job_pb2.FieldViolation]
-    ) -> None:
-        """Paths inside the config that the trainer would use as they are."""
-        for section, key in CONFIG_PATH_KEYS:
-            part = data.get(section)
-            value = part.get(key) if isinstance(part, dict) else None
-            values = value if isinstance(value, list) else [value]
-            for item in values:
-                if item is None or item == "":
-                    continue
-                before = len(out)
-                self.inside(f"{field}:{section}.{key}", str(item), out)
-                for found in out[before:]:
-                    found.rule_id = "worker.config_path.mounts"
+    def again(
+        self,
+        labels: str,
+        spec: spec_pb2.TrainJobSpec,
+        token: str,
+        out: list[job_pb2.FieldViolation],
+    ) -> Rechecked | None:
+        """Run the path check again; refuse unless it passes and covers the token's files."""
+        assert self.recheck is not None
+        try:
+            again = self.recheck(
+                labels,
+                path_mappings=dict(spec.path_mappings),
+                prefix_mappings=dict(spec.prefix_mappings),
+            )
+        except Exception as exc:  # a checker bug must not accept the job
+            again = f"the paths could not be checked again ({type(exc).__name__}: {exc})"
+        checked = token_files(token) if token else None
+        if isinstance(again, Rechecked) and checked is not None and checked != again.files:
+            changed = sorted(checked ^ again.files)
+            again = (
+                f"the videos now resolve to other files than the check's "
+                f"(e.g. {changed[0]}); a link on the way changed"
+            )
+        if isinstance(again, str):
+            out.append(
+                violation(
+                    "check_token",
+                    "worker.check_token.stale",
+                    V.VIOLATION_CODE_STALE_CHECK,
+                    f"the path check no longer holds: {again}; check the paths again",
+                    labels,
+                )
+            )
+            return None
+        return again

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esleap_rtc_proto/v1/paths.proto\x12\x12sleap_rtc_proto.v1\"\xce\x02\n\x10PathCheckRequest\x12\x13\n\x0blabels_path\x18\x01 \x01(\t\x12M\n\rpath_mappings\x18\x02 \x03(\x0b\x32\x36.sleap_rtc_proto.v1.PathCheckRequest.PathMappingsEntry\x12Q\n\x0fprefix_mappings\x18\x03 \x03(\x0b\x32\x38.sleap_rtc_proto.v1.PathCheckRequest.PrefixMappingsEntry\x12\x17\n\x0fmax_suggestions\x18\x04 \x01(\r\x1a\x33\n\x11PathMappingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13PrefixMappingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\nSuggestion\x12\x13\n\x0bworker_path\x18\x01 \x01(\t\x12\x34\n\x06reason\x18\x02 \x01(\x0e\x32$.sleap_rtc_proto.v1.SuggestionReason\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\"w\n\tPathEntry\x12\x15\n\roriginal_path\x18\x01 \x01(\t\x12\x13\n\x0bworker_path\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.sleap_rtc_proto.v1.PathStatus\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xe9\x01\n\nVideoCheck\x12\r\n\x05index\x18\x01 \x01(\r\x12\x15\n\roriginal_path\x18\x02 \x01(\t\x12\x13\n\x0bworker_path\x18\x03 \x01(\t\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.sleap_rtc_proto.v1.PathStatus\x12+\n\x04kind\x18\x05 \x01(\x0e\x32\x1d.sleap_rtc_proto.v1.VideoKind\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x33\n\x0bsuggestions\x18\x07 \x03(\x0b\x32\x1e.sleap_rtc_proto.v1.Suggestion\"d\n\x0ePrefixProposal\x12\x17\n\x0foriginal_prefix\x18\x01 \x01(\t\x12\x15\n\rworker_prefix\x18\x02 \x01(\t\x12\x10\n\x08resolves\x18\x03 \x03(\r\x12\x10\n\x08\x65vidence\x18\x04 \x01(\r\"\xd3\x01\n\x0fPathCheckResult\x12-\n\x06labels\x18\x01 \x01(\x0b\x32\x1d.sleap_rtc_proto.v1.PathEntry\x12.\n\x06videos\x18\x02 \x03(\x0b\x32\x1e.sleap_rtc_proto.v1.VideoCheck\x12<\n\x10prefix_proposals\x18\x03 \x03(\x0b\x32\".sleap_rtc_proto.v1.PrefixProposal\x12\x13\n\x0b\x63heck_token\x18\x04 \x01(\t\x12\x0e\n\x06mounts\x18\x05 \x03(\t*\xc8\x01\n\nPathStatus\x12\x1b\n\x17PATH_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11PATH_STATUS_FOUND\x10\x01\x12\x17\n\x13PATH_STATUS_MISSING\x10\x02\x12\x1e\n\x1aPATH_STATUS_OUTSIDE_MOUNTS\x10\x03\x12\x1a\n\x16PATH_STATUS_UNREADABLE\x10\x04\x12\x18\n\x14PATH_STATUS_EMBEDDED\x10\x05\x12\x17\n\x13PATH_STATUS_INVALID\x10\x06*t\n\tVideoKind\x12\x1a\n\x16VIDEO_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fVIDEO_KIND_FILE\x10\x01\x12\x1d\n\x19VIDEO_KIND_IMAGE_SEQUENCE\x10\x02\x12\x17\n\x13VIDEO_KIND_EMBEDDED\x10\x03*\xc9\x01\n\x10SuggestionReason\x12!\n\x1dSUGGESTION_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dSUGGESTION_REASON_PREFIX_RULE\x10\x01\x12(\n$SUGGESTION_REASON_SAME_NAME_AND_SIZE\x10\x02\x12\x1f\n\x1bSUGGESTION_REASON_SAME_NAME\x10\x03\x12$\n SUGGESTION_REASON_NEXT_TO_LABELS\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esleap_rtc_proto/v1/paths.proto\x12\x12sleap_rtc_proto.v1\"\x84\x03\n\x10PathCheckRequest\x12\x13\n\x0blabels_path\x18\x01 \x01(\t\x12M\n\rpath_mappings\x18\x02 \x03(\x0b\x32\x36.sleap_rtc_proto.v1.PathCheckRequest.PathMappingsEntry\x12Q\n\x0fprefix_mappings\x18\x03 \x03(\x0b\x32\x38.sleap_rtc_proto.v1.PathCheckRequest.PrefixMappingsEntry\x12\x17\n\x0fmax_suggestions\x18\x04 \x01(\r\x12\x34\n\x0c\x63lient_files\x18\x05 \x03(\x0b\x32\x1e.sleap_rtc_proto.v1.ClientFile\x1a\x33\n\x11PathMappingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13PrefixMappingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\nClientFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08mtime_ns\x18\x03 \x01(\x03\"{\n\nSuggestion\x12\x13\n\x0bworker_path\x18\x01 \x01(\t\x12\x34\n\x06reason\x18\x02 \x01(\x0e\x32$.sleap_rtc_proto.v1.SuggestionReason\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\"\xac\x01\n\tPathEntry\x12\x15\n\roriginal_path\x18\x01 \x01(\t\x12\x13\n\x0bworker_path\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.sleap_rtc_proto.v1.PathStatus\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x33\n\x0bsuggestions\x18\x05 \x03(\x0b\x32\x1e.sleap_rtc_proto.v1.Suggestion\"\xe9\x01\n\nVideoCheck\x12\r\n\x05index\x18\x01 \x01(\r\x12\x15\n\roriginal_path\x18\x02 \x01(\t\x12\x13\n\x0bworker_path\x18\x03 \x01(\t\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.sleap_rtc_proto.v1.PathStatus\x12+\n\x04kind\x18\x05 \x01(\x0e\x32\x1d.sleap_rtc_proto.v1.VideoKind\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x33\n\x0bsuggestions\x18\x07 \x03(\x0b\x32\x1e.sleap_rtc_proto.v1.Suggestion\"d\n\x0ePrefixProposal\x12\x17\n\x0foriginal_prefix\x18\x01 \x01(\t\x12\x15\n\rworker_prefix\x18\x02 \x01(\t\x12\x10\n\x08resolves\x18\x03 \x03(\r\x12\x10\n\x08\x65vidence\x18\x04 \x01(\r\"\x91\x02\n\x0fPathCheckResult\x12-\n\x06labels\x18\x01 \x01(\x0b\x32\x1d.sleap_rtc_proto.v1.PathEntry\x12.\n\x06videos\x18\x02 \x03(\x0b\x32\x1e.sleap_rtc_proto.v1.VideoCheck\x12<\n\x10prefix_proposals\x18\x03 \x03(\x0b\x32\".sleap_rtc_proto.v1.PrefixProposal\x12\x13\n\x0b\x63heck_token\x18\x04 \x01(\t\x12\x0e\n\x06mounts\x18\x05 \x03(\t\x12<\n\x10refused_mappings\x18\x06 \x03(\x0b\x32\".sleap_rtc_proto.v1.MappingRefusal\"q\n\x0eMappingRefusal\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.sleap_rtc_proto.v1.MappingKind\x12\x10\n\x08original\x18\x02 \x01(\t\x12\x0e\n\x06worker\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t*\xe1\x01\n\nPathStatus\x12\x1b\n\x17PATH_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11PATH_STATUS_FOUND\x10\x01\x12\x17\n\x13PATH_STATUS_MISSING\x10\x02\x12\x1e\n\x1aPATH_STATUS_OUTSIDE_MOUNTS\x10\x03\x12\x1a\n\x16PATH_STATUS_UNREADABLE\x10\x04\x12\x18\n\x14PATH_STATUS_EMBEDDED\x10\x05\x12\x17\n\x13PATH_STATUS_INVALID\x10\x06\x12\x17\n\x13PATH_STATUS_REFUSED\x10\x07*t\n\tVideoKind\x12\x1a\n\x16VIDEO_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fVIDEO_KIND_FILE\x10\x01\x12\x1d\n\x19VIDEO_KIND_IMAGE_SEQUENCE\x10\x02\x12\x17\n\x13VIDEO_KIND_EMBEDDED\x10\x03*\xc9\x01\n\x10SuggestionReason\x12!\n\x1dSUGGESTION_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dSUGGESTION_REASON_PREFIX_RULE\x10\x01\x12(\n$SUGGESTION_REASON_SAME_NAME_AND_SIZE\x10\x02\x12\x1f\n\x1bSUGGESTION_REASON_SAME_NAME\x10\x03\x12$\n SUGGESTION_REASON_NEXT_TO_LABELS\x10\x04*\\\n\x0bMappingKind\x12\x1c\n\x18MAPPING_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12MAPPING_KIND_EXACT\x10\x01\x12\x17\n\x13MAPPING_KIND_PREFIX\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +35,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PATHCHECKREQUEST_PATHMAPPINGSENTRY']._serialized_options = b'8\001'
   _globals['_PATHCHECKREQUEST_PREFIXMAPPINGSENTRY']._loaded_options = None
   _globals['_PATHCHECKREQUEST_PREFIXMAPPINGSENTRY']._serialized_options = b'8\001'
-  _globals['_PATHSTATUS']._serialized_start=1190
-  _globals['_PATHSTATUS']._serialized_end=1390
-  _globals['_VIDEOKIND']._serialized_start=1392
-  _globals['_VIDEOKIND']._serialized_end=1508
-  _globals['_SUGGESTIONREASON']._serialized_start=1511
-  _globals['_SUGGESTIONREASON']._serialized_end=1712
+  _globals['_PATHSTATUS']._serialized_start=1535
+  _globals['_PATHSTATUS']._serialized_end=1760
+  _globals['_VIDEOKIND']._serialized_start=1762
+  _globals['_VIDEOKIND']._serialized_end=1878
+  _globals['_SUGGESTIONREASON']._serialized_start=1881
+  _globals['_SUGGESTIONREASON']._serialized_end=2082
+  _globals['_MAPPINGKIND']._serialized_start=2084
+  _globals['_MAPPINGKIND']._serialized_end=2176
   _globals['_PATHCHECKREQUEST']._serialized_start=55
-  _globals['_PATHCHECKREQUEST']._serialized_end=389
-  _globals['_PATHCHECKREQUEST_PATHMAPPINGSENTRY']._serialized_start=283
-  _globals['_PATHCHECKREQUEST_PATHMAPPINGSENTRY']._serialized_end=334
-  _globals['_PATHCHECKREQUEST_PREFIXMAPPINGSENTRY']._serialized_start=336
-  _globals['_PATHCHECKREQUEST_PREFIXMAPPINGSENTRY']._serialized_end=389
-  _globals['_SUGGESTION']._serialized_start=391
-  _globals['_SUGGESTION']._serialized_end=514
-  _globals['_PATHENTRY']._serialized_start=516
-  _globals['_PATHENTRY']._serialized_end=635
-  _globals['_VIDEOCHECK']._serialized_start=638
-  _globals['_VIDEOCHECK']._serialized_end=871
-  _globals['_PREFIXPROPOSAL']._serialized_start=873
-  _globals['_PREFIXPROPOSAL']._serialized_end=973
-  _globals['_PATHCHECKRESULT']._serialized_start=976
-  _globals['_PATHCHECKRESULT']._serialized_end=1187
+  _globals['_PATHCHECKREQUEST']._serialized_end=443
+  _globals['_PATHCHECKREQUEST_PATHMAPPINGSENTRY']._serialized_start=337
+  _globals['_PATHCHECKREQUEST_PATHMAPPINGSENTRY']._serialized_end=388
+  _globals['_PATHCHECKREQUEST_PREFIXMAPPINGSENTRY']._serialized_start=390
+  _globals['_PATHCHECKREQUEST_PREFIXMAPPINGSENTRY']._serialized_end=443
+  _globals['_CLIENTFILE']._serialized_start=445
+  _globals['_CLIENTFILE']._serialized_end=503
+  _globals['_SUGGESTION']._serialized_start=505
+  _globals['_SUGGESTION']._serialized_end=628
+  _globals['_PATHENTRY']._serialized_start=631
+  _globals['_PATHENTRY']._serialized_end=803
+  _globals['_VIDEOCHECK']._serialized_start=806
+  _globals['_VIDEOCHECK']._serialized_end=1039
+  _globals['_PREFIXPROPOSAL']._serialized_start=1041
+  _globals['_PREFIXPROPOSAL']._serialized_end=1141
+  _globals['_PATHCHECKRESULT']._serialized_start=1144
+  _globals['_PATHCHECKRESULT']._serialized_end=1417
+  _globals['_MAPPINGREFUSAL']._serialized_start=1419
+  _globals['_MAPPINGREFUSAL']._serialized_end=1532
 # @@protoc_insertion_point(module_scope)

@@ -34,8 +34,9 @@ class _PathStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PathStatus
     PATH_STATUS_MISSING: _PathStatus.ValueType  # 2
     """PATH_STATUS_MISSING: nothing exists at the (mapped) path."""
     PATH_STATUS_OUTSIDE_MOUNTS: _PathStatus.ValueType  # 3
-    """PATH_STATUS_OUTSIDE_MOUNTS: the resolved path (symlinks followed) lies
-    outside every allowed mount; the worker did not look at it.
+    """PATH_STATUS_OUTSIDE_MOUNTS: not on the worker's shared storage: the
+    (mapped) path is not under any allowed mount, or is a Windows path with
+    no mapping. The worker did not look at it and says nothing about it.
     """
     PATH_STATUS_UNREADABLE: _PathStatus.ValueType  # 4
     """PATH_STATUS_UNREADABLE: it exists but cannot be read (permissions, a
@@ -49,6 +50,12 @@ class _PathStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PathStatus
     """PATH_STATUS_INVALID: the labels path exists but is not a readable SLP file
     (not HDF5, corrupt, or without the expected datasets).
     """
+    PATH_STATUS_REFUSED: _PathStatus.ValueType  # 7
+    """PATH_STATUS_REFUSED (1.2): the path or the mapping that formed it is
+    refused: it climbs with "..", a symlink leads out of the mounts, it holds
+    a NUL byte or a lookalike character, or the mapping is malformed or
+    conflicts with another. A 1.1 peer reads it as an unknown status.
+    """
 
 class PathStatus(_PathStatus, metaclass=_PathStatusEnumTypeWrapper):
     """PathStatus is the outcome of checking one path on the worker."""
@@ -60,8 +67,9 @@ PATH_STATUS_FOUND: PathStatus.ValueType  # 1
 PATH_STATUS_MISSING: PathStatus.ValueType  # 2
 """PATH_STATUS_MISSING: nothing exists at the (mapped) path."""
 PATH_STATUS_OUTSIDE_MOUNTS: PathStatus.ValueType  # 3
-"""PATH_STATUS_OUTSIDE_MOUNTS: the resolved path (symlinks followed) lies
-outside every allowed mount; the worker did not look at it.
+"""PATH_STATUS_OUTSIDE_MOUNTS: not on the worker's shared storage: the
+(mapped) path is not under any allowed mount, or is a Windows path with
+no mapping. The worker did not look at it and says nothing about it.
 """
 PATH_STATUS_UNREADABLE: PathStatus.ValueType  # 4
 """PATH_STATUS_UNREADABLE: it exists but cannot be read (permissions, a
@@ -74,6 +82,12 @@ file (.pkg.slp); there is nothing to find.
 PATH_STATUS_INVALID: PathStatus.ValueType  # 6
 """PATH_STATUS_INVALID: the labels path exists but is not a readable SLP file
 (not HDF5, corrupt, or without the expected datasets).
+"""
+PATH_STATUS_REFUSED: PathStatus.ValueType  # 7
+"""PATH_STATUS_REFUSED (1.2): the path or the mapping that formed it is
+refused: it climbs with "..", a symlink leads out of the mounts, it holds
+a NUL byte or a lookalike character, or the mapping is malformed or
+conflicts with another. A 1.1 peer reads it as an unknown status.
 """
 Global___PathStatus: _TypeAlias = PathStatus  # noqa: Y015
 
@@ -149,6 +163,30 @@ folder (where sleap-io looks by itself).
 """
 Global___SuggestionReason: _TypeAlias = SuggestionReason  # noqa: Y015
 
+class _MappingKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MappingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MappingKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MAPPING_KIND_UNSPECIFIED: _MappingKind.ValueType  # 0
+    """MAPPING_KIND_UNSPECIFIED is invalid and never sent."""
+    MAPPING_KIND_EXACT: _MappingKind.ValueType  # 1
+    """MAPPING_KIND_EXACT: PathCheckRequest.path_mappings."""
+    MAPPING_KIND_PREFIX: _MappingKind.ValueType  # 2
+    """MAPPING_KIND_PREFIX: PathCheckRequest.prefix_mappings."""
+
+class MappingKind(_MappingKind, metaclass=_MappingKindEnumTypeWrapper):
+    """MappingKind says which table of the request a mapping came from."""
+
+MAPPING_KIND_UNSPECIFIED: MappingKind.ValueType  # 0
+"""MAPPING_KIND_UNSPECIFIED is invalid and never sent."""
+MAPPING_KIND_EXACT: MappingKind.ValueType  # 1
+"""MAPPING_KIND_EXACT: PathCheckRequest.path_mappings."""
+MAPPING_KIND_PREFIX: MappingKind.ValueType  # 2
+"""MAPPING_KIND_PREFIX: PathCheckRequest.prefix_mappings."""
+Global___MappingKind: _TypeAlias = MappingKind  # noqa: Y015
+
 @_typing.final
 class PathCheckRequest(_message.Message):
     """PathCheckRequest asks the worker to check a labels file and its videos.
@@ -203,6 +241,7 @@ class PathCheckRequest(_message.Message):
     PATH_MAPPINGS_FIELD_NUMBER: _builtins.int
     PREFIX_MAPPINGS_FIELD_NUMBER: _builtins.int
     MAX_SUGGESTIONS_FIELD_NUMBER: _builtins.int
+    CLIENT_FILES_FIELD_NUMBER: _builtins.int
     labels_path: _builtins.str
     """labels_path is the labels (.slp) file as the client knows it; the worker
     applies the mappings below before checking. Required.
@@ -224,6 +263,14 @@ class PathCheckRequest(_message.Message):
         Empty means none.
         """
 
+    @_builtins.property
+    def client_files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientFile]:
+        """client_files are facts the client knows about its own copies of the
+        files (protocol 1.2, feature "client_file_facts"): a same-name file of the
+        same size then ranks above a same-name one. Sent only when the worker
+        names the feature in HelloAck. Empty means no facts.
+        """
+
     def __init__(
         self,
         *,
@@ -231,14 +278,49 @@ class PathCheckRequest(_message.Message):
         path_mappings: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         prefix_mappings: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         max_suggestions: _builtins.int = ...,
+        client_files: _abc.Iterable[Global___ClientFile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels_path", b"labels_path", "max_suggestions", b"max_suggestions", "path_mappings", b"path_mappings", "prefix_mappings", b"prefix_mappings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_files", b"client_files", "labels_path", b"labels_path", "max_suggestions", b"max_suggestions", "path_mappings", b"path_mappings", "prefix_mappings", b"prefix_mappings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PathCheckRequest: _TypeAlias = PathCheckRequest  # noqa: Y015
+
+@_typing.final
+class ClientFile(_message.Message):
+    """ClientFile is what the client knows about one file on its side (1.2)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    MTIME_NS_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is the file's original path, exactly as the labels file (or the
+    request's labels_path) spells it. Required.
+    """
+    size: _builtins.int
+    """size is the file's size in bytes on the client. Unset (0) means unknown."""
+    mtime_ns: _builtins.int
+    """mtime_ns is the file's modification time on the client (Unix epoch,
+    nanoseconds). Unset (0) means unknown.
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        size: _builtins.int = ...,
+        mtime_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mtime_ns", b"mtime_ns", "path", b"path", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientFile: _TypeAlias = ClientFile  # noqa: Y015
 
 @_typing.final
 class Suggestion(_message.Message):
@@ -286,6 +368,7 @@ class PathEntry(_message.Message):
     WORKER_PATH_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    SUGGESTIONS_FIELD_NUMBER: _builtins.int
     original_path: _builtins.str
     """original_path is the path as the client sent it. Required."""
     worker_path: _builtins.str
@@ -296,6 +379,13 @@ class PathEntry(_message.Message):
     """status is the outcome. Required."""
     detail: _builtins.str
     """detail is a human sentence about a status other than FOUND. Empty for FOUND."""
+    @_builtins.property
+    def suggestions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Suggestion]:
+        """suggestions are candidate worker paths for a labels file that is not
+        found, best first (protocol 1.2, feature "labels_suggestions"). Empty when
+        it was found, or nothing was found, or the feature is not in effect.
+        """
+
     def __init__(
         self,
         *,
@@ -303,10 +393,11 @@ class PathEntry(_message.Message):
         worker_path: _builtins.str = ...,
         status: Global___PathStatus.ValueType = ...,
         detail: _builtins.str = ...,
+        suggestions: _abc.Iterable[Global___Suggestion] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "original_path", b"original_path", "status", b"status", "worker_path", b"worker_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "original_path", b"original_path", "status", b"status", "suggestions", b"suggestions", "worker_path", b"worker_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -419,6 +510,7 @@ class PathCheckResult(_message.Message):
     PREFIX_PROPOSALS_FIELD_NUMBER: _builtins.int
     CHECK_TOKEN_FIELD_NUMBER: _builtins.int
     MOUNTS_FIELD_NUMBER: _builtins.int
+    REFUSED_MAPPINGS_FIELD_NUMBER: _builtins.int
     check_token: _builtins.str
     """check_token binds a later JobSubmit to the files as checked (paths, sizes,
     modification times). Empty when the check did not pass (anything not
@@ -444,6 +536,13 @@ class PathCheckResult(_message.Message):
         storage mounted?". Empty means not disclosed.
         """
 
+    @_builtins.property
+    def refused_mappings(self) -> _containers.RepeatedCompositeFieldContainer[Global___MappingRefusal]:
+        """refused_mappings lists the request's mappings that the worker refuses
+        (1.2), each with the reason; a check with any has no check_token (the
+        submit would refuse them too). Empty means every mapping was accepted.
+        """
+
     def __init__(
         self,
         *,
@@ -452,11 +551,48 @@ class PathCheckResult(_message.Message):
         prefix_proposals: _abc.Iterable[Global___PrefixProposal] | None = ...,
         check_token: _builtins.str = ...,
         mounts: _abc.Iterable[_builtins.str] | None = ...,
+        refused_mappings: _abc.Iterable[Global___MappingRefusal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_token", b"check_token", "labels", b"labels", "mounts", b"mounts", "prefix_proposals", b"prefix_proposals", "videos", b"videos"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_token", b"check_token", "labels", b"labels", "mounts", b"mounts", "prefix_proposals", b"prefix_proposals", "refused_mappings", b"refused_mappings", "videos", b"videos"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PathCheckResult: _TypeAlias = PathCheckResult  # noqa: Y015
+
+@_typing.final
+class MappingRefusal(_message.Message):
+    """MappingRefusal is one mapping of a request that the worker refuses (1.2)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ORIGINAL_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    kind: Global___MappingKind.ValueType
+    """kind is which table the mapping is in. Required."""
+    original: _builtins.str
+    """original is the mapping's client side, as sent. Required."""
+    worker: _builtins.str
+    """worker is the mapping's worker side, as sent. Required."""
+    reason: _builtins.str
+    """reason is a human sentence, e.g. "/mnt lies outside the worker's shared
+    storage /mnt/lab-share". Required.
+    """
+    def __init__(
+        self,
+        *,
+        kind: Global___MappingKind.ValueType = ...,
+        original: _builtins.str = ...,
+        worker: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "original", b"original", "reason", b"reason", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MappingRefusal: _TypeAlias = MappingRefusal  # noqa: Y015

@@ -79,12 +79,17 @@ def main() -> int:
         record["child_pid"] = child.pid
     (run_dir / "argv.json").write_text(json.dumps(record))
     ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
+    # An XPUB is a PUB that also hears subscriptions: what it publishes before the
+    # worker's SUB has subscribed is dropped (the slow joiner), so wait for that
+    # subscription instead of sleeping a while and hoping. A stop sent before our SUB
+    # joined is lost; the worker repeats it.
+    pub = ctx.socket(zmq.XPUB)
     pub.connect(f"tcp://127.0.0.1:{ov['trainer_config.zmq.publish_port']}")
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(f"tcp://127.0.0.1:{ov['trainer_config.zmq.controller_port']}")
-    time.sleep(0.3)  # slow joiner
+    if pub.poll(10_000, zmq.POLLIN):
+        pub.recv()  # b"\x01": the worker subscribed
 
     def send(event: str, logs: dict | None = None, **kw: object) -> None:
         pub.send_string(json.dumps(dict(what="", event=event, logs=logs, **kw)))
@@ -127,8 +132,7 @@ def main() -> int:
     (run_dir / "best.ckpt").write_bytes(b"checkpoint")
     (run_dir / "training_config.yaml").write_text(Path(args.config).read_text())
     send("train_end")
-    time.sleep(0.1)
-    pub.close(linger=1000)
+    pub.close(linger=1000)  # ctx.term() below waits until what is queued has been sent
     sub.close(linger=0)
     ctx.term()
     print("done" + (" (stopped early)" if stopped else ""), flush=True)

@@ -51,7 +51,7 @@ def _hold_settings() -> tuple[Path | None, int, float]:
 
 
 class _PacedPublisher:
-    """A PUB socket that, after one epoch's ``epoch_end``, waits for the hold file."""
+    """A (X)PUB socket that, after one epoch's ``epoch_end``, waits for the hold file."""
 
     def __init__(self, sock: Any, hold_file: Path, after_epoch: int, timeout: float) -> None:
         self._sock = sock
@@ -81,7 +81,7 @@ def main() -> int:
         class PacedContext(zmq.Context):  # type: ignore[type-arg]
             def socket(self, socket_type: int, **kwargs: Any) -> Any:  # type: ignore[override]
                 sock = super().socket(socket_type, **kwargs)
-                if socket_type == zmq.PUB:
+                if socket_type in (zmq.PUB, zmq.XPUB):
                     return _PacedPublisher(sock, hold_file, after_epoch, timeout)
                 return sock
 
