@@ -2,7 +2,7 @@
 # Every target sets up .venv from a fresh clone first (pip, from the package index).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,train
+EXTRAS ?= dev,train,gui
 # Test processes (pytest-xdist): one per logical CPU (most tests wait on processes and
 # sockets, not the CPU); PYTEST_WORKERS=0 runs them all in the pytest process.
 PYTEST_WORKERS ?= logical

@@ -283,16 +283,33 @@ def main(argv: list[str] | None = None) -> int:
             f"{cpu_rate:,.0f} msg/s per core [{_verdict(cpu_rate)}] "
             f"({out_bytes / 1e6:.0f} MB of JSON; calibration {before:.0f}/{calibrate():.0f} ms)"
         )
+        from sleap_rtc.inspect.cat import idle_cpus
+
         jobs = os.cpu_count() or 1
+        default = idle_cpus()  # what `cat --json` picks now for a capture over 16 MB
+        parallel_rate = 0.0
         if jobs > 1:
             before = calibrate()
             n, elapsed, _, cpu = time_cat_json(capture, jobs)
+            parallel_rate = n / elapsed
             print(
-                f"inspect cat --json --jobs {jobs} (the default for captures over 16 MB): "
-                f"{n:,} records in {elapsed:.2f} s wall = {n / elapsed:,.0f} msg/s "
-                f"[{_verdict(n / elapsed)}]; the ordering process used {cpu:.2f} s CPU "
+                f"inspect cat --json --jobs {jobs}: "
+                f"{n:,} records in {elapsed:.2f} s wall = {parallel_rate:,.0f} msg/s "
+                f"[{_verdict(parallel_rate)}]; the ordering process used {cpu:.2f} s CPU "
                 f"(calibration {before:.0f}/{calibrate():.0f} ms)"
             )
+        if default == 1:
+            default_rate = rate
+        elif default == jobs:
+            default_rate = parallel_rate
+        else:
+            n, elapsed, _, _ = time_cat_json(capture, default)
+            default_rate = n / elapsed
+        print(
+            f"side by side: one process {rate:,.0f} msg/s, default mode ({default} process"
+            f"{'es' if default > 1 else ''} on {jobs} CPUs at load {os.getloadavg()[0]:.1f}) "
+            f"{default_rate:,.0f} msg/s"
+        )
         bare_ns, rec_ns, drain_ns = time_recorder(args.recorder_messages, tmp)
         print(
             f"recorder: send on a bare in-memory link {bare_ns:,.0f} ns/msg, through RecordingLink "

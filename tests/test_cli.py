@@ -384,3 +384,68 @@ def test_train_reattach_to_a_job_that_failed_while_nobody_watched(tmp_path: Path
     error = asyncio.run(main())
     assert error.code == ExitCode.FAILED
     assert "Training failed: the worker stopped while this job ran" in error.message
+
+
+def _readme_commands() -> list[str]:
+    """Every ``sleap-rtc ...`` command line of README.md: in code blocks and inline code."""
+    import re
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    found: list[str] = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+        block = block.replace("\\\n", " ")
+        for line in block.splitlines():
+            line = line.split("#", 1)[0]
+            if "sleap-rtc " in line:
+                found.append(line[line.index("sleap-rtc ") :].strip())
+    for span in re.findall(r"`(sleap-rtc [^`]+)`", text):
+        found.append(" ".join(span.split()))
+    return found
+
+
+def test_every_readme_command_parses_with_the_options_it_shows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A README command or option that does not exist (`login --user` once) fails here."""
+    import shlex
+
+    commands = _readme_commands()
+    assert len(commands) > 15, commands
+    parser = cli_main.build_parser()
+    bad = []
+    for command in commands:
+        argv = shlex.split(command.replace("[", "").replace("]", ""))[1:]
+        if argv[-1:] == ["..."]:
+            argv = argv[:-1]
+        try:
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as exc:
+                if exc.code == 0:  # --help / --version
+                    continue
+                # Inline mentions leave out the positional (`check --json`): add one.
+                args = parser.parse_args([*argv, "LABELS.slp"])
+        except SystemExit:
+            bad.append(command)
+            continue
+        if getattr(args, "func", None) is None and getattr(args, "command", None) is None:
+            bad.append(command)
+    capsys.readouterr()
+    assert not bad, "README commands that do not parse:\n" + "\n".join(bad)
+
+
+def test_login_user_and_token_file_together_is_a_usage_error(isolated: Path) -> None:
+    token = isolated / "t"
+    token.write_text("x")
+    result = run_cli("login", "--user", "bob", "--token-file", str(token))
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert "either --user or --token-file" in result.stderr
+
+
+def test_login_user_without_a_passphrase_on_stdin_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sleap_rtc.cli.main", "login", "--user", "bob"],
+        capture_output=True, text=True, timeout=60, input="", cwd=REPO,
+    )
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert "no login passphrase" in result.stderr

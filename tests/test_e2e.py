@@ -403,17 +403,102 @@ def test_worker_refused_or_unreachable(lab: Lab) -> None:
     refused = lab.cli(*common, "--server", lab.url, "--credential-file", str(bad_key), timeout=60)
     assert refused.returncode == ExitCode.LOGIN_REQUIRED, refused.stdout + refused.stderr
     assert "refused the worker credential" in refused.stderr
-    gone = lab.cli(
-        *common,
-        "--server",
-        "ws://127.0.0.1:9",
-        "--credential-file",
-        str(lab.keys["lab"]),
-        timeout=60,
+    # An unreachable server is waited for (see test_worker_started_before_the_server...),
+    # not an exit 4; Ctrl-C (SIGINT) while waiting ends it cleanly.
+    gone = lab.start(
+        "worker-gone", *common, "--server", "ws://127.0.0.1:9",
+        "--credential-file", str(lab.keys["lab"]),
     )
-    assert gone.returncode == ExitCode.UNREACHABLE, gone.stdout + gone.stderr
-    assert "signaling server" in gone.stderr
-    assert "Traceback" not in refused.stderr + gone.stderr
+    gone.wait_output(r"signaling server ws://127.0.0.1:9 not reachable yet .*retrying in 1 s", 60)
+    gone.popen.send_signal(signal.SIGINT)
+    assert gone.wait(30) == ExitCode.OK, gone.output()
+    assert "Traceback" not in refused.stderr + gone.output()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_worker_started_before_the_server_waits_then_registers_and_logs_each_job(
+    lab: Lab,
+) -> None:
+    """A worker whose signaling server is not up yet retries with backoff, saying so,
+    registers once the server starts, and logs every job at default verbosity."""
+    port = _free_port()
+    url = f"ws://127.0.0.1:{port}"
+    ready = lab.root / f"early-{uuid.uuid4().hex[:6]}.id"
+    worker = lab.start(
+        "worker-early", "worker", "--server", url, "--room", "lab", "--name", "early",
+        "--credential-file", str(lab.keys["lab"]), "--mount", f"lab-share={lab.data.share}",
+        "--loopback", "--trainer-command", f"{PY} {FAKE} train",
+        "--state-dir", str(lab.root / "early-state"), "--ready-file", str(ready),
+    )
+    worker.wait_output(rf"signaling server {re.escape(url)} not reachable yet .*retrying in 2 s",
+                       60)
+    assert worker.popen.poll() is None, worker.output()
+    state = lab.root / f"sig-late-{uuid.uuid4().hex[:6]}"
+    state.mkdir()
+    for name in ("rooms.toml", "signing_key.pem"):
+        (state / name).write_bytes((lab.root / "sig" / name).read_bytes())
+        (state / name).chmod(0o600)
+    lab.start("signal-late", "signal", "--port", str(port), "--state-dir", str(state))
+    peer = wait_for(lambda: read_ready(ready), 60, "the early worker to register")
+    assert peer in worker.output()
+    client = [*lab.client_args(), "--server", url, "--worker", "early"]
+    ok = lab.cli("train", str(lab.data.labels_path), "-t", str(lab.training_config()), "--yes",
+                 *client)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    job = re.search(r"job (\S+) accepted", ok.stdout)
+    assert job, ok.stdout
+    jid = re.escape(job.group(1))
+    worker.wait_output(rf"job {jid} finished in \d+\.\d s; outputs in /", 30)
+    out = worker.output()
+    assert re.search(rf"job {jid} accepted from alice; run folder /", out), out
+    assert re.search(rf"job {jid} started: ", out), out
+    # A failing job: the worker says so; the client says it once, its exit status once.
+    failing = lab.training_config()
+    failing.write_text(failing.read_text().replace("fake:\n", "fake:\n  mode: fail\n"))
+    bad = lab.cli("train", str(lab.data.labels_path), "-t", str(failing), "--yes", *client)
+    assert bad.returncode == ExitCode.FAILED, bad.stdout + bad.stderr
+    failed = re.search(r"job (\S+) accepted", bad.stdout)
+    assert failed, bad.stdout
+    worker.wait_output(rf"job {re.escape(failed.group(1))} failed: the trainer exited with "
+                       r"status 1", 30)
+    assert bad.stderr.count("Training failed") == 1, bad.stderr
+    assert "Training failed" not in bad.stdout, bad.stdout
+    assert bad.stderr.count("status 1") == 1 and "exit code" not in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert bad.stdout.count("CUDA out of memory") == 1, bad.stdout  # the tail, once
+    assert bad.stderr.count("CUDA out of memory") == 1, bad.stderr  # the last line, once
+
+
+def test_check_output_off_a_terminal_keeps_whole_paths(lab: Lab) -> None:
+    """Piped (logs, CI), the check table neither cuts paths with "…" nor wraps them."""
+    result = lab.cli("check", str(lab.data.labels_path), "--no-saved-mappings",
+                     *lab.client_args())
+    assert result.returncode == ExitCode.FAILED, result.stderr
+    lines = result.stdout.splitlines()
+    assert "…" not in result.stdout, result.stdout
+    assert any(lab.data.video_client_path in line for line in lines), result.stdout
+    assert any(f"1. {lab.data.video_worker_path} (" in line for line in lines), result.stdout
+    suggestion = f"suggestion: {lab.data.video_client_path} -> {lab.data.video_worker_path}"
+    assert any(suggestion in line for line in lines), result.stdout
+
+
+def test_workers_json_is_an_array_of_objects_as_its_help_says(lab: Lab) -> None:
+    helped = lab.cli("workers", "--help")
+    assert "JSON array with one object per worker" in " ".join(helped.stdout.split())
+    result = lab.cli("workers", "--json", *lab.client_args())
+    assert result.returncode == 0, result.stderr
+    workers = json.loads(result.stdout)
+    assert isinstance(workers, list) and workers
+    for worker in workers:
+        assert set(worker) == {"peer_id", "name", "status", "metadata", "connected_at"}
+        assert {"gpu", "mounts", "versions", "confinement"} <= set(worker["metadata"]["properties"])
 
 
 def test_wrong_room(lab: Lab) -> None:
@@ -711,6 +796,28 @@ def test_ctrl_c_stops_early_and_keeps_the_checkpoint(lab: Lab) -> None:
     assert "epoch 30:" not in out
 
 
+def test_ctrl_c_twice_leaves_the_job_running_and_exits_3(lab: Lab) -> None:
+    """The exit codes the README and cli/exits.py promise: Ctrl-C once is a stop early
+    (0, above); a second one leaves the job on the worker and exits 3 (cancelled). The
+    trainer holds after epoch 1, so the stop cannot end the job between the two."""
+    gate = lab.root / f"release-{uuid.uuid4().hex[:6]}"
+    worker, _ = lab.start_worker("twice", lab.root / "twice-state", trainer=PACED)
+    try:
+        config = lab.training_config(epochs=3, batches=2, hold_file=gate)
+        client = lab.start("client-twice", "train", str(lab.data.labels_path), "-t",
+                           str(config), "--yes", "--worker", "twice", *lab.client_args())
+        client.wait_output(r"epoch 1: ", 60)
+        client.popen.send_signal(signal.SIGINT)
+        client.wait_output(r"stopping early", 30)
+        client.popen.send_signal(signal.SIGINT)
+        assert client.wait(60) == ExitCode.CANCELLED, client.output()
+        assert "left the job running on the worker" in client.output()
+        assert worker_status(lab, "twice") == "busy"  # the job is still there
+    finally:
+        gate.touch()
+        worker.stop()
+
+
 def test_attach_api_gets_the_rest_after_a_sequence(lab: Lab) -> None:
     """JobAttach over a fresh WebRTC connection resumes after the last seen sequence."""
     from sleap_rtc.client.auth import AuthCheck
@@ -851,6 +958,26 @@ def test_headless_login_from_a_token_file(lab: Lab) -> None:
     assert forged.returncode == ExitCode.LOGIN_REQUIRED
     assert "not valid" in forged.stderr
     lab.cli("login", "--logout", "--server", lab.url)
+
+
+def test_headless_login_with_the_rooms_passphrase_on_stdin(lab: Lab) -> None:
+    """No browser, no token from anyone: `login --user NAME`, passphrase piped in."""
+    wrong = lab.cli("login", "--server", lab.url, "--room", "lab", "--user", "bob",
+                    input="not-the-passphrase\n")
+    assert wrong.returncode == ExitCode.LOGIN_REQUIRED, wrong.stdout + wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    good = lab.cli("login", "--server", lab.url, "--room", "lab", "--user", "bob",
+                   input="pass-lab\n")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "as bob" in good.stdout
+    try:
+        status = lab.cli("login", "--status", "--server", lab.url)
+        assert status.returncode == 0 and "user:    bob" in status.stdout, status.stdout
+        listed = lab.cli("workers", "--server", lab.url, "--room", "lab", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert "lab-worker" in [w["name"] for w in json.loads(listed.stdout)]
+    finally:
+        lab.cli("login", "--logout", "--server", lab.url)
 
 
 # ----------------------------------------------------------------------------- capture

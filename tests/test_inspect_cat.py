@@ -64,7 +64,7 @@ def test_selection_and_limit(capture: Path, capsys: pytest.CaptureFixture[str]) 
         "job_submit",
         "job_accepted",
     ]
-    assert main(["cat", "--json", "--since", "+0.010", "--until", "+0.014", str(capture)]) == 0
+    assert main(["cat", "--json", "--since", "+0.0065", "--until", "+0.0095", str(capture)]) == 0
     assert [json.loads(x)["body"] for x in capsys.readouterr().out.splitlines()] == [
         "path_check_result",
         "job_submit",
@@ -120,3 +120,22 @@ def test_write_json_counts_and_limits_joined_batches() -> None:
         out = io.StringIO()
         assert write_json(batches, out, limit) == limit
         assert out.getvalue().splitlines() == list("abcdefg")[:limit]
+
+
+def test_default_jobs_follow_the_idle_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a loaded machine the default is one process (never slower than --jobs 1)."""
+    import argparse
+    import os
+
+    from sleap_rtc.inspect import cat
+
+    big = tmp_path / "big.mcap"
+    with open(big, "wb") as f:
+        f.truncate(cat.PARALLEL_FROM_BYTES)
+    args = argparse.Namespace(jobs=0, captures=[str(big)])
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.3, 2.0, 2.0))
+    assert cat._jobs(args) == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert cat._jobs(args) == 2
+    assert cat._jobs(argparse.Namespace(jobs=3, captures=[str(big)])) == 3

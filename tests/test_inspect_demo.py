@@ -95,3 +95,38 @@ def test_timeline_of_the_demo(demo_capture: Path, tmp_path: Path) -> None:
     html = out.read_text()
     for body in ("hello", "path_check_result", "job_submit", "job_accepted", "job_complete"):
         assert f'data-body="{body}"' in html
+
+
+def test_filter_j_of_the_demo_keeps_every_job_message(
+    demo_capture: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`-j` keeps the batches too (their items carry the job id), and `filter` the metadata;
+    the `mcap` library, an independent reader, checks the filtered file."""
+    from mcap.reader import make_reader
+
+    from sleap_rtc.capture.reader import CaptureReader
+    from sleap_rtc.capture.record import Record
+
+    records = list(CaptureReader([demo_capture]).records())
+    (job,) = {r.job_id for r in records if r.body == "job_submit"}
+
+    def of_job(r: Record) -> bool:
+        if r.body == "job_progress_batch":  # no job id of its own: its items have one
+            return any(i.get("job_id") == job for i in (r.message() or {}).get("items", []))
+        return r.job_id == job
+
+    mine = [r for r in records if of_job(r)]
+    out = tmp_path / "job.mcap"
+    capsys.readouterr()
+    assert main(["filter", str(demo_capture), "-o", str(out), "-j", job]) == 0
+    assert f"kept {len(mine)} of {len(records)}" in capsys.readouterr().out
+    assert main(["cat", "--json", "-j", job, str(demo_capture)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["body"] for r in rows] == [r.body for r in mine]
+    with open(out, "rb") as f:
+        reader = make_reader(f)
+        names = {m.name: dict(m.metadata) for m in reader.iter_metadata()}
+        assert sum(1 for _ in reader.iter_messages()) >= len(mine)
+    assert names["sleap_rtc.capture"]["tokens"] == "redacted"
+    assert main(["info", "--json", str(demo_capture)]) == 0
+    assert job in json.loads(capsys.readouterr().out)["jobs"]

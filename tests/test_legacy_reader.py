@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.legacy import parse_frame, read_text_capture, split_line
+from sleap_rtc.capture.legacy import (
+    legacy_split,
+    looks_legacy,
+    parse_frame,
+    read_text_capture,
+    split_line,
+)
 from sleap_rtc.capture.reader import CaptureReader
 
 LEGACY = """\
@@ -32,11 +38,11 @@ SOMETHING_NEW::{"x": 1}
 
 
 def test_split_keeps_payloads_and_paths_whole() -> None:
-    assert fmt.legacy_split("USE_WORKER_PATH::/a::b/c.slp") == ("USE_WORKER_PATH", ["/a::b/c.slp"])
-    kind, args = fmt.legacy_split('JOB_SUBMIT::j1::{"config": "x::y::z"}')
+    assert legacy_split("USE_WORKER_PATH::/a::b/c.slp") == ("USE_WORKER_PATH", ["/a::b/c.slp"])
+    kind, args = legacy_split('JOB_SUBMIT::j1::{"config": "x::y::z"}')
     assert kind == "JOB_SUBMIT" and args == ["j1", '{"config": "x::y::z"}']
-    assert fmt.legacy_split("JOB_STOP") == ("JOB_STOP", [])
-    assert fmt.legacy_split('JOB_REJECTED::j::{"errors": ["a::b"]}')[1] == [
+    assert legacy_split("JOB_STOP") == ("JOB_STOP", [])
+    assert legacy_split('JOB_REJECTED::j::{"errors": ["a::b"]}')[1] == [
         "j",
         '{"errors": ["a::b"]}',
     ]
@@ -119,3 +125,32 @@ def test_binary_file_is_not_a_text_capture(tmp_path: Path) -> None:
     path.write_bytes(b"JOB\x00\x01")
     with pytest.raises(CaptureError):
         list(read_text_capture(path))
+
+
+def test_python_logging_lines_keep_their_date(tmp_path: Path) -> None:
+    path = tmp_path / "worker.log"
+    path.write_text(
+        "2026-01-02 03:04:05,612 - sleap_rtc.worker - INFO - JOB_ACCEPTED::job-9\n"
+        "2026-01-02 03:04:06,001 - sleap_rtc.worker - INFO - training started\n"
+        '2026-01-02T03:04:07.5Z worker_to_client JOB_COMPLETE::{"job_id": "job-9"}\n'
+    )
+    recs = list(CaptureReader([path]).records())
+    assert [r.time_ns for r in recs] == [
+        1767323045_612000000,
+        1767323046_001000000,
+        1767323047_500000000,
+    ]
+    assert recs[0].legacy_type == "JOB_ACCEPTED" and recs[0].job_id == "job-9"
+    assert recs[1].kind == "raw" and recs[1].raw == b"training started"
+
+
+def test_a_bare_upper_case_log_line_is_not_a_frame(tmp_path: Path) -> None:
+    path = tmp_path / "log.txt"
+    path.write_text("DONE\nOK\nJOB_STOP\n")
+    recs = list(CaptureReader([path]).records())
+    assert [(r.kind, r.body) for r in recs] == [
+        ("raw", "raw"),
+        ("raw", "raw"),
+        ("legacy", "job_control"),
+    ]
+    assert not looks_legacy(b"DONE") and looks_legacy(b"SOMETHING_NEW::{}")

@@ -248,7 +248,38 @@ def test_terminal_display() -> None:
     assert "epoch 1/2: train/loss 0.6000  val/loss 0.4000" in text
     assert "[bold]not markup[/]" in text
     assert "Job j finished in 3.0 s; outputs in /runs/x" in text
-    assert "Job k failed: boom" in text and "tb" in text
+    # The failure itself is the command's one error line; the display shows the tail only.
+    assert "boom" not in text
+    assert "Job k: the trainer's last output:\ntb" in text
+
+
+def test_terminal_display_says_once_that_train_loss_lags() -> None:
+    """sleap-nn's first epoch_end has only val/loss: the first such line says why, once."""
+    from sleap_rtc.client.display import TRAIN_LOSS_LAG_NOTE
+
+    out = io.StringIO()
+    display = TerminalProgress(console=Console(file=out, width=200, color_system=None))
+    for epoch, metrics in enumerate([{"val/loss": 0.5}, {"val/loss": 0.4},
+                                     {"val/loss": 0.3, "train/loss": 0.6}]):
+        display.handle(ProgressReceived(progress=P.JobProgress(
+            event=P.PROGRESS_EVENT_EPOCH_END, epoch=epoch, metrics=metrics)))
+    assert out.getvalue().splitlines() == [
+        f"epoch 1: val/loss 0.5000  {TRAIN_LOSS_LAG_NOTE}",
+        "epoch 2: val/loss 0.4000",
+        "epoch 3: train/loss 0.6000  val/loss 0.3000",
+    ]
+
+
+def test_display_off_a_terminal_keeps_long_lines_whole() -> None:
+    """Logs and CI: a non-terminal stdout is not 80 columns; nothing wraps mid-path."""
+    from sleap_rtc.client.display import plain_console
+
+    out = io.StringIO()
+    run_dir = "/mnt/lab-share/" + "/".join(["a-rather-long-folder-name"] * 8) + "/run"
+    display = TerminalProgress(console=plain_console(out))
+    display.handle(JobCompleted(complete=P.JobComplete(job_id="j", run_dir=run_dir,
+                                                       duration_seconds=3.0)))
+    assert out.getvalue() == f"Job j finished in 3.0 s; outputs in {run_dir}\n"
 
 
 def test_terminal_display_shows_losses_and_lr_unless_verbose() -> None:

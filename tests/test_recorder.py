@@ -170,6 +170,25 @@ def test_fragmented_hello_is_redacted_and_other_fragments_kept(tmp_path: Path) -
     assert rows[-1][0] == fmt.RAW_TOPIC and b"not recorded" in rows[-1][3]
 
 
+def test_caller_times_ten_minutes_old_keep_a_fragmented_message(tmp_path: Path) -> None:
+    """Staleness of a held fragment set is judged on the frames' times, not the wall clock."""
+    import time
+
+    path = tmp_path / "old.mcap"
+    writer = CaptureWriter(path, background=False, compression="none")  # the real clock
+    conn = writer.connection("c", local_peer="a", remote_peer="b", local_role="client")
+    stream = MessageStream(max_frame_bytes=1024)
+    _, frames = stream.send(progress_pb2.JobProgress(job_id="j" * 3000, sequence=1, event=4))
+    assert len(frames) > 2
+    old = time.time_ns() - 600 * 10**9
+    for i, frame in enumerate(frames):
+        writer.record(conn, fmt.WORKER_TO_CLIENT, frame, log_time_ns=old + i * 1000)
+    writer.close()
+    rows = read_all(path)
+    assert [r[3] for r in rows] == frames
+    assert all(b"not recorded" not in r[3] for r in rows)
+
+
 def test_legacy_and_garbage_go_to_the_raw_channel_with_a_header(tmp_path: Path) -> None:
     path = tmp_path / "raw.mcap"
     session_capture(path)

@@ -12,7 +12,7 @@ capture), ``mcapwrite`` (the MCAP writer). Reading: ``mcapio`` (records of a
 file, damage reported), ``decode`` (schemas from the capture), ``convert``
 (json_format's dict and JSON), ``rawproto`` (unknown fields, decode_raw),
 ``frames`` (a frame -> a record), ``fragments`` (reassembly), ``record`` (the
-record and its JSON line), ``legacy`` (``TYPE::json`` text), and the
+record and its JSON line), ``legacy`` (all legacy ``TYPE::json`` knowledge), and the
 ``cat --json`` fast path: ``wirejson`` (wire bytes -> JSON per message type),
 ``jsonlines`` (chunks -> lines), ``parallel`` (``--jobs``).
 

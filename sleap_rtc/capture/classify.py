@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from sleap_rtc.auth.tokens import redact
 from sleap_rtc.capture import format as fmt
+from sleap_rtc.capture.legacy import looks_legacy
 from sleap_rtc.capture.parts import Connection
 from sleap_rtc_proto.codec import Envelope, decode
 from sleap_rtc_proto.errors import ProtocolError, UnsupportedVersion
@@ -47,6 +48,9 @@ class FrameClassifier:
     def __init__(self) -> None:
         self._fragments: dict[tuple[str, str, int], _FragmentSet] = {}
         self._fragment_bytes = 0
+        #: The latest frame time seen: staleness is judged on the frames' own times
+        #: (a caller's ``log_time_ns`` may be far from this machine's clock).
+        self._latest_t = 0
 
     def _add(
         self, conn: Connection, direction: str, raw: bool, t: int, publish: int, data: bytes
@@ -66,7 +70,7 @@ class FrameClassifier:
     # -- classification ----------------------------------------------------
 
     def _write_frame(self, conn: Connection, direction: str, t: int, frame: bytes) -> None:
-        if fmt.looks_legacy(frame):
+        if looks_legacy(frame):
             self._add_raw(conn, direction, t, frame, "legacy text frame")
             return
         try:
@@ -99,6 +103,7 @@ class FrameClassifier:
             self._add(conn, direction, False, t, envelope.sent_time_unix_nano or t, frame)
             return
         piece = envelope.fragment
+        self._latest_t = max(self._latest_t, t)
         key = (conn.connection_id, direction, piece.fragmented_message_id)
         fset = self._fragments.get(key)
         if fset is None:
@@ -131,7 +136,7 @@ class FrameClassifier:
 
     def _flush_fragments(self, *, final: bool) -> None:
         """Drop incomplete sets at close or over the caps: unchecked, they might hold a token."""
-        now = self.clock()
+        now = self._latest_t
         for key, fset in list(self._fragments.items()):
             too_many = len(self._fragments) > MAX_PENDING_FRAGMENT_SETS
             too_big = self._fragment_bytes > MAX_PENDING_FRAGMENT_BYTES

@@ -53,6 +53,8 @@ class LoadedSchema:
     job_id_bodies: dict[str, bool] = field(default_factory=dict)
     #: numbers of the oneof "body" fields this schema knows
     body_numbers: frozenset[int] = frozenset()
+    #: Envelope header fields this schema names beyond the four of v1.0 (a newer minor's)
+    extra_header: frozenset[str] = frozenset()
     #: wire -> JSON decoders (:mod:`sleap_rtc.capture.wirejson`), by full name
     wire_decoders: dict[str, WireJson] = field(default_factory=dict)
     _wire_bodies: dict[int, tuple[str, WireJson]] | None = None
@@ -191,6 +193,10 @@ def load_schema(name: str, encoding: str, data: bytes) -> LoadedSchema:
         ) from None
     oneof = descriptor.oneofs_by_name.get("body")
     numbers = frozenset(f.number for f in oneof.fields) if oneof is not None else frozenset()
-    loaded = LoadedSchema(name, cls, descriptor, body_numbers=numbers)
+    bodies = {f.name for f in oneof.fields} if oneof is not None else set()
+    extra = frozenset(
+        f.name for f in descriptor.fields if f.name not in bodies and f.name not in _HEADER
+    )
+    loaded = LoadedSchema(name, cls, descriptor, body_numbers=numbers, extra_header=extra)
     _CACHE[key] = loaded
     return loaded

@@ -36,32 +36,28 @@ SCHEMA_NAME: Final = "sleap_rtc_proto.v1.Envelope"
 #: Name of the MCAP metadata record describing the capture.
 METADATA_NAME: Final = "sleap_rtc.capture"
 FORMAT_VERSION: Final = "sleap-rtc-capture/1"
+#: The capture format versions this code reads (the number after the slash).
+FORMAT_NAME, _, _FORMAT_NUMBER = FORMAT_VERSION.partition("/")
+READS_FORMAT: Final = int(_FORMAT_NUMBER)
 #: What replaces Hello.token (and JWTs in raw frames) when tokens are redacted.
 REDACTED_JWT: Final = "<redacted jwt>"
 
-_LEGACY_RE = re.compile(rb"^[A-Z][A-Z0-9_]{1,63}(?:::|$)")
 JWT_RE: Final = re.compile(rb"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 
-#: Legacy frame types and the v1 body that replaced each.
-LEGACY_TO_V1: Final[dict[str, str]] = {
-    "JOB_SUBMIT": "job_submit",
-    "JOB_ACCEPTED": "job_accepted",
-    "JOB_REJECTED": "job_rejected",
-    "JOB_PROGRESS": "job_progress",
-    "PROGRESS_REPORT": "job_progress",
-    "JOB_COMPLETE": "job_complete",
-    "JOB_FAILED": "job_failed",
-    "JOB_STOP": "job_control",
-    "JOB_CANCEL": "job_control",
-    "USE_WORKER_PATH": "path_check_request",
-    "WORKER_PATH_OK": "path_check_result",
-    "WORKER_PATH_ERROR": "path_check_result",
-    "FS_CHECK_VIDEOS_RESPONSE": "path_check_result",
-}
-#: Legacy types the client sends; every other type is sent by the worker.
-LEGACY_FROM_CLIENT: Final = frozenset({"JOB_SUBMIT", "JOB_STOP", "JOB_CANCEL", "USE_WORKER_PATH"})
-#: How many ``::`` separated arguments precede the (whole, unsplit) last one.
-_LEGACY_LEADING_ARGS: Final = {"JOB_SUBMIT": 1, "JOB_REJECTED": 1}
+
+def newer_format(value: str) -> str | None:
+    """Why a capture whose metadata names format ``value`` is refused, or None to read it.
+
+    A format this code does not know the layout of (a higher number) is refused
+    rather than misread; an older or unnamed one is read.
+    """
+    name, sep, number = value.partition("/")
+    if not sep or name != FORMAT_NAME or not number.isdigit() or int(number) <= READS_FORMAT:
+        return None
+    return (
+        f"the capture is in format {value}, newer than this inspector reads ({FORMAT_VERSION}); "
+        "upgrade sleap-rtc to read it"
+    )
 
 
 def topic_for(direction: str) -> str:
@@ -75,29 +71,6 @@ def direction_of_topic(topic: str) -> str:
         if topic.endswith(direction):
             return direction
     return ""
-
-
-def looks_legacy(frame: bytes) -> bool:
-    """True when ``frame`` reads as a legacy ``TYPE::...`` text frame."""
-    return bool(_LEGACY_RE.match(frame))
-
-
-def legacy_split(text: str) -> tuple[str, list[str]]:
-    """Split a legacy frame into its type and arguments, safely.
-
-    The last argument is kept whole (``maxsplit``), so a JSON payload or a path
-    that itself contains ``::`` is never cut.
-
-    >>> legacy_split('USE_WORKER_PATH::/data/a::b.slp')
-    ('USE_WORKER_PATH', ['/data/a::b.slp'])
-    >>> legacy_split('JOB_SUBMIT::j1::{"a": "x::y"}')
-    ('JOB_SUBMIT', ['j1', '{"a": "x::y"}'])
-    """
-    kind, sep, rest = text.partition("::")
-    if not sep:
-        return kind, []
-    leading = _LEGACY_LEADING_ARGS.get(kind, 0)
-    return kind, rest.split("::", leading) if leading else [rest]
 
 
 def raw_header(direction: str, reason: str, **extra: str) -> bytes:

@@ -15,10 +15,11 @@ from google.protobuf.message import DecodeError
 
 from sleap_rtc.capture import format as fmt
 from sleap_rtc.capture.decode import FIRST_BODY_FIELD, LoadedSchema, SchemaProblem, load_schema
-from sleap_rtc.capture.legacy import parse_frame
+from sleap_rtc.capture.legacy import looks_legacy, parse_frame
 from sleap_rtc.capture.mcapio import ChannelRecord, RawMessage, SchemaRecord
 from sleap_rtc.capture.rawproto import unknown_field_set
 from sleap_rtc.capture.record import Record
+from sleap_rtc_proto.bodies import JOB_EVENTS
 
 __all__ = ["Channel", "decode_frame", "fallback_schema", "make_channel", "raw_record"]
 
@@ -115,6 +116,9 @@ def decode_frame(
         inner = getattr(env, body)
         if schema.has_job_id(body, inner):
             job_id = inner.job_id or None
+    job_ids: tuple[str, ...] = ()
+    if job_id is None and body in JOB_EVENTS:
+        job_ids = item_job_ids(getattr(env, body))
     version = env.version
     return Record(
         msg[2],
@@ -126,6 +130,7 @@ def decode_frame(
         message_id=env.message_id,
         correlation_id=env.correlation_id,
         job_id=job_id,
+        job_ids=job_ids,
         version=f"{version.major}.{version.minor}",
         sent_time_ns=env.sent_time_unix_nano,
         reason="Envelope has no body" if body == "none" else None,
@@ -134,6 +139,21 @@ def decode_frame(
         channel=ch.record,
         frames=frames,
     )
+
+
+def item_job_ids(message: Any) -> tuple[str, ...]:
+    """The job ids of a job event's items (a JobProgressBatch's JobProgress), in order."""
+    seen: dict[str, None] = {}
+    for fd, value in message.ListFields():
+        if fd.message_type is None or not fd.is_repeated:
+            continue
+        job = fd.message_type.fields_by_name.get("job_id")
+        if job is None or job.type != job.TYPE_STRING:
+            continue
+        for item in value:
+            if item.job_id:
+                seen[item.job_id] = None
+    return tuple(seen)
 
 
 def raw_record(msg: RawMessage, ch: Channel, frames: list[Any] | None) -> Record:
@@ -154,7 +174,7 @@ def raw_record(msg: RawMessage, ch: Channel, frames: list[Any] | None) -> Record
         )
     direction = head.get("direction", ch.direction)
     reason = head.get("reason", "")
-    if fmt.looks_legacy(frame):
+    if looks_legacy(frame):
         parsed = parse_frame(frame.decode("utf-8", "replace"))
         return Record(
             msg[2],

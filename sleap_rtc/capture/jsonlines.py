@@ -190,8 +190,8 @@ def json_block(
                     out.extend(slow((cid, seq, lt, pt, data[body + 22 : end])))
                 else:
                     append(line)
-        else:
-            scan.block_record(opcode, data[body:end], start)
+        elif not scan.block_record(opcode, data[body:end], start):
+            return
         pos = end
     if pos != size:
         scan.block_tail(start)

@@ -1,7 +1,10 @@
-"""The legacy ``TYPE::arg::json`` text frames: parse them, and read plain-text captures.
+"""The legacy ``TYPE::arg::json`` text frames, all in one place: which frames are
+legacy, their types and the v1 bodies that replaced them, parsing them, and
+reading plain-text captures.
 
-A plain-text capture has one frame per line, optionally prefixed by an ISO
-time and a direction: ``2026-01-02T03:04:05.123Z client_to_worker JOB_SUBMIT::j1::{...}``.
+A plain-text capture has one frame per line, optionally prefixed by a time (ISO
+8601, or Python logging's ``2026-01-02 03:04:05,612 - name - INFO -``) and a
+direction: ``2026-01-02T03:04:05.123Z client_to_worker JOB_SUBMIT::j1::{...}``.
 Blank lines and lines starting with ``#`` are skipped. Frames are split on
 ``::`` with a fixed number of splits per type, so payload JSON (and paths that
 contain ``::``) stay whole. Types map to the v1 body that replaced them.
@@ -11,12 +14,68 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sleap_rtc.capture import format as fmt
 from sleap_rtc.capture.mcapio import CaptureError, Problem
+
+_LEGACY_RE = re.compile(rb"^[A-Z][A-Z0-9_]{1,63}(?:::|$)")
+#: Legacy frame types and the v1 body that replaced each.
+LEGACY_TO_V1: Final[dict[str, str]] = {
+    "JOB_SUBMIT": "job_submit",
+    "JOB_ACCEPTED": "job_accepted",
+    "JOB_REJECTED": "job_rejected",
+    "JOB_PROGRESS": "job_progress",
+    "PROGRESS_REPORT": "job_progress",
+    "JOB_COMPLETE": "job_complete",
+    "JOB_FAILED": "job_failed",
+    "JOB_STOP": "job_control",
+    "JOB_CANCEL": "job_control",
+    "USE_WORKER_PATH": "path_check_request",
+    "WORKER_PATH_OK": "path_check_result",
+    "WORKER_PATH_ERROR": "path_check_result",
+    "FS_CHECK_VIDEOS_RESPONSE": "path_check_result",
+}
+#: Legacy types the client sends; every other type is sent by the worker.
+LEGACY_FROM_CLIENT: Final = frozenset({"JOB_SUBMIT", "JOB_STOP", "JOB_CANCEL", "USE_WORKER_PATH"})
+#: How many ``::`` separated arguments precede the (whole, unsplit) last one.
+_LEGACY_LEADING_ARGS: Final = {"JOB_SUBMIT": 1, "JOB_REJECTED": 1}
+
+
+def looks_legacy(frame: bytes) -> bool:
+    """True when ``frame`` reads as a legacy ``TYPE::...`` text frame.
+
+    A bare upper-case word is a frame only when it is a known legacy type
+    (``JOB_STOP``); ``DONE`` or ``OK`` on a line of their own are log lines.
+    """
+    match = _LEGACY_RE.match(frame)
+    if match is None:
+        return False
+    if match.group().endswith(b"::"):
+        return True
+    return frame.rstrip(b"\r\n ").decode("ascii", "replace") in LEGACY_TO_V1
+
+
+def legacy_split(text: str) -> tuple[str, list[str]]:
+    """Split a legacy frame into its type and arguments, safely.
+
+    The last argument is kept whole (``maxsplit``), so a JSON payload or a path
+    that itself contains ``::`` is never cut.
+
+    >>> legacy_split('USE_WORKER_PATH::/data/a::b.slp')
+    ('USE_WORKER_PATH', ['/data/a::b.slp'])
+    >>> legacy_split('JOB_SUBMIT::j1::{"a": "x::y"}')
+    ('JOB_SUBMIT', ['j1', '{"a": "x::y"}'])
+    """
+    kind, sep, rest = text.partition("::")
+    if not sep:
+        return kind, []
+    leading = _LEGACY_LEADING_ARGS.get(kind, 0)
+    return kind, rest.split("::", leading) if leading else [rest]
+
 
 _DIRECTION_WORDS = {
     "client_to_worker": fmt.CLIENT_TO_WORKER,
@@ -50,8 +109,8 @@ def parse_frame(text: str) -> dict[str, Any]:
     ``body`` is the v1 body name for the type, or the legacy type itself where
     v1 has none. ``message`` holds the arguments, with JSON ones parsed.
     """
-    kind, args = fmt.legacy_split(text)
-    body = fmt.LEGACY_TO_V1.get(kind, kind)
+    kind, args = legacy_split(text)
+    body = LEGACY_TO_V1.get(kind, kind)
     message: dict[str, Any] = {"legacy_type": kind}
     job_id: str | None = None
     if kind == "JOB_SUBMIT" and len(args) == 2:
@@ -84,7 +143,7 @@ def parse_frame(text: str) -> dict[str, Any]:
 
 def default_direction(legacy_type: str) -> str:
     """Who sends a legacy frame type (the client sends few; the worker the rest)."""
-    return fmt.CLIENT_TO_WORKER if legacy_type in fmt.LEGACY_FROM_CLIENT else fmt.WORKER_TO_CLIENT
+    return fmt.CLIENT_TO_WORKER if legacy_type in LEGACY_FROM_CLIENT else fmt.WORKER_TO_CLIENT
 
 
 def _parse_time(token: str) -> int | None:
@@ -112,17 +171,46 @@ def is_text_capture(path: str | os.PathLike[str]) -> bool:
     return b"\x00" not in head
 
 
+#: Python logging's default time and ``name - LEVEL - `` prefix:
+#: ``2026-01-02 03:04:05,612 - sleap_rtc.worker - INFO - JOB_ACCEPTED::j1``.
+_LOGGING_LINE = re.compile(
+    r"^(?P<date>\d{4}-\d{2}-\d{2})[ T](?P<time>\d{2}:\d{2}:\d{2})(?:[,.](?P<frac>\d{1,9}))?"
+    r"(?P<zone>Z|[+-]\d{2}:?\d{2})?"
+    r"(?: - [^ ]+ - (?:DEBUG|INFO|WARNING|ERROR|CRITICAL) -)? (?P<rest>.*)$"
+)
+
+
+def _logging_time(line: str) -> tuple[int, str] | None:
+    """(ns, the rest) of a line that starts with a ``date time`` stamp (logging's format)."""
+    m = _LOGGING_LINE.match(line)
+    if m is None:
+        return None
+    frac = (m.group("frac") or "0").ljust(9, "0")
+    zone = m.group("zone") or "+00:00"
+    stamp = _parse_time(f"{m.group('date')}T{m.group('time')}{'' if zone == 'Z' else zone}")
+    if stamp is None:
+        return None
+    return stamp + int(frac), m.group("rest")
+
+
 def split_line(line: str) -> tuple[int, str, str]:
     """Split ``<time> <direction> <frame>`` (both prefixes optional).
 
-    Returns (ns or 0, direction or "", frame).
+    The time is ISO 8601 (``2026-01-02T03:04:05.5Z``) or Python logging's
+    ``2026-01-02 03:04:05,612``, optionally followed by logging's
+    ``- name - LEVEL -``. Returns (ns or 0, direction or "", frame).
     """
     t = 0
-    head, _, rest = line.partition(" ")
-    stamp = _parse_time(head)
-    if stamp is not None and rest:
-        t, line = stamp, rest
+    logged = _logging_time(line)
+    if logged is not None and logged[1]:
+        t, line = logged
         head, _, rest = line.partition(" ")
+    else:
+        head, _, rest = line.partition(" ")
+        stamp = _parse_time(head)
+        if stamp is not None and rest:
+            t, line = stamp, rest
+            head, _, rest = line.partition(" ")
     if head.lower() in _DIRECTION_WORDS and rest:
         return t, _DIRECTION_WORDS[head.lower()], rest
     return t, "", line
@@ -155,7 +243,7 @@ def read_text_capture(
                 continue
             t, direction, frame = split_line(line)
             size = len(frame.encode("utf-8"))
-            if fmt.looks_legacy(frame.encode("utf-8")):
+            if looks_legacy(frame.encode("utf-8")):
                 parsed = parse_frame(frame)
                 yield {
                     "time_ns": t,

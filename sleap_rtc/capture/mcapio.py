@@ -5,7 +5,10 @@ inspector must instead show everything up to the damage and say where it
 stopped. This scanner reads records in file order (chunks decompressed one at
 a time, so memory stays bounded on multi-GB files), validates lengths against
 the file size before reading, checks chunk CRCs, and reports problems with the
-byte offset instead of raising. Only a file that is not MCAP at all raises
+byte offset instead of raising. A damaged chunk gives what can be read of it,
+as ``mcap recover`` does. Garbage costs bounded time: reading stops at an
+opcode 0 record or after :data:`MAX_JUNK_RECORDS` unknown records in a row.
+Only a file that is not MCAP at all, or a newer capture format, raises
 :class:`CaptureError`.
 """
 
@@ -17,6 +20,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
+
+from sleap_rtc.capture.format import METADATA_NAME, newer_format
 
 MAGIC = b"\x89MCAP0\r\n"
 
@@ -34,6 +39,12 @@ OP_DATA_END = 0x0F
 MAX_CHUNK_BYTES = 1 << 30
 #: Any other record larger than this is refused as corrupt.
 MAX_RECORD_BYTES = 256 * 1024 * 1024
+#: Opcodes the MCAP specification defines (0x01..0x10); 0x80.. are user records.
+KNOWN_OPCODES = frozenset(range(0x01, 0x11))
+#: Reading stops after this many records in a row of opcodes it does not read
+#: (reserved 0x11..0x7f, user 0x80..): garbage costs at most this many reads,
+#: not one per 9 bytes. A sleap-rtc capture holds none.
+MAX_JUNK_RECORDS = 4096
 
 _REC = struct.Struct("<BQ")
 _MSG = struct.Struct("<HIQQ")
@@ -56,6 +67,8 @@ class Problem:
     message: str
     #: True when reading stopped here (what follows was not read).
     fatal: bool = False
+    #: True when records (messages, or what describes them) were lost or damaged here.
+    lost: bool = False
 
     def __str__(self) -> str:
         where = f"{self.file} at byte {self.offset}"
@@ -197,17 +210,27 @@ class McapScan:
         self.schemas: dict[int, SchemaRecord] = {}
         self.channels: dict[int, ChannelRecord] = {}
         self.metadata: list[tuple[str, dict[str, str]]] = []
+        #: Why this file is refused (a newer capture format), once its metadata is read;
+        #: :meth:`blocks` then raises :class:`CaptureError` with it.
+        self.refused: str | None = None
+        #: Set while the block just given comes from a damaged chunk: how it was salvaged.
+        self.salvaged: str | None = None
         self.statistics: Statistics | None = None
         self.problems: list[Problem] = []
-        #: True once the footer and the closing magic were read.
+        #: True once the footer and the closing magic were read, and nothing was damaged.
         self.complete = False
         #: Offset where reading stopped, when it stopped early.
         self.stopped_at: int | None = None
 
-    def _problem(self, offset: int, message: str, fatal: bool = False) -> None:
-        self.problems.append(Problem(self.path, offset, message, fatal))
+    def _problem(self, offset: int, message: str, fatal: bool = False, lost: bool = True) -> None:
+        self.problems.append(Problem(self.path, offset, message, fatal, lost or fatal))
         if fatal:
             self.stopped_at = offset
+
+    @property
+    def damaged(self) -> bool:
+        """True when something of this file could not be read (or was read damaged)."""
+        return any(p.lost for p in self.problems)
 
     def messages(self) -> Iterator[RawMessage]:
         """The messages of the file, in file order."""
@@ -227,8 +250,11 @@ class McapScan:
         f = self._file
         offset = 8
         in_summary = False
+        junk = 0
         try:
             while True:
+                if self.refused is not None:
+                    raise CaptureError(f"{self.path}: {self.refused}")
                 head = f.read(9)
                 if len(head) < 9:
                     if head or not in_summary:
@@ -243,8 +269,24 @@ class McapScan:
                     return
                 opcode, length = _REC.unpack(head)
                 start = offset + 9
+                if opcode not in KNOWN_OPCODES:
+                    junk += 1
+                    if opcode == 0 or junk > MAX_JUNK_RECORDS:
+                        self._problem(
+                            offset,
+                            f"not an MCAP record (opcode 0x{opcode:02x}): the file is corrupt "
+                            "from here",
+                            fatal=True,
+                        )
+                        return
+                else:
+                    junk = 0
                 limit = MAX_CHUNK_BYTES if opcode == OP_CHUNK else MAX_RECORD_BYTES
                 if length > self.size - start:
+                    if opcode == OP_CHUNK and not in_summary and length <= limit:
+                        data = self._chunk_data(f.read(length), start, truncated=True)
+                        if data:
+                            yield data, start
                     self._problem(
                         offset,
                         f"record (opcode 0x{opcode:02x}) claims {length} bytes but only "
@@ -260,6 +302,7 @@ class McapScan:
                         fatal=True,
                     )
                     return
+                self.salvaged = None
                 if opcode == OP_MESSAGE and not in_summary:
                     body = f.read(length)
                     offset = start + length
@@ -280,7 +323,7 @@ class McapScan:
                     tail = f.read(8)
                     if tail != MAGIC:
                         self._problem(start + length, "closing MCAP magic missing or damaged")
-                    self.complete = True
+                    self.complete = not self.damaged
                     return
                 body = f.read(length)
                 offset = start + length
@@ -328,38 +371,71 @@ class McapScan:
             self.profile, pos = _string(body, 0)
             self.library, _ = _string(body, pos)
         elif opcode == OP_METADATA and not in_summary:
-            self.metadata.append(_metadata(body))
+            name, values = _metadata(body)
+            self.metadata.append((name, values))
+            if name == METADATA_NAME and self.refused is None:
+                self.refused = newer_format(values.get("format", ""))
         elif opcode == OP_STATISTICS:
             self.statistics = _statistics(body)
 
-    def _chunk_data(self, body: bytes, start: int) -> bytes | None:
-        """The decompressed, CRC-checked records of a chunk, or None (reported)."""
+    def _chunk_data(self, body: bytes, start: int, truncated: bool = False) -> bytes | None:
+        """The decompressed, CRC-checked records of a chunk, or None (reported).
+
+        Like ``mcap recover``, a damaged chunk gives what can still be read:
+        data whose CRC does not match (kept, and :attr:`salvaged` says so), or
+        the decompressed prefix of a truncated or corrupt chunk.
+        """
+        self.salvaged = None
         try:
             _s, _e, usize, crc = _CHUNK_HEAD.unpack_from(body, 0)
             compression, pos = _string(body, _CHUNK_HEAD.size)
             (n,) = _U64.unpack_from(body, pos)
             pos += 8
-            if pos + n > len(body):
-                raise _Bad("chunk data runs past the end of the chunk")
             if usize > MAX_CHUNK_BYTES:
                 raise _Bad(f"chunk claims {usize} uncompressed bytes")
-            data = _decompress(compression, body[pos : pos + n], usize)
-            if crc and zlib.crc32(data) != crc:
-                raise _Bad("chunk CRC does not match its data")
-        except (_Bad, struct.error, ValueError, MemoryError) as exc:
+        except (_Bad, struct.error, ValueError) as exc:
             self._problem(start, f"chunk skipped: {exc}")
             return None
+        compressed = body[pos : pos + n]
+        if pos + n > len(body) and not truncated:
+            self._problem(start, "chunk data runs past the end of the chunk")
+            truncated = True
+        try:
+            if truncated:
+                raise _Bad("the chunk is cut off")
+            data = _decompress(compression, compressed, usize)
         except Exception as exc:
-            self._problem(start, f"chunk skipped: cannot decompress ({type(exc).__name__}: {exc})")
-            return None
+            why = str(exc) if isinstance(exc, _Bad) else f"cannot decompress ({exc})"
+            data = _decompress_prefix(compression, compressed, usize)
+            self.salvaged = f"salvaged from a damaged chunk at byte {start} ({why})"
+            self._problem(
+                start,
+                f"chunk damaged: {why}; {len(data)} of {usize} bytes recovered, "
+                "the messages in them are shown, the rest of the chunk is lost",
+            )
+            return data
+        if crc and zlib.crc32(data) != crc:
+            self.salvaged = f"from a chunk at byte {start} whose CRC does not match"
+            self._problem(
+                start,
+                "chunk CRC does not match its data: its messages are shown, marked, "
+                "and may be damaged",
+            )
         return data
 
-    def block_record(self, opcode: int, body: bytes, start: int) -> None:
-        """A record of a block other than a message (a schema or channel, say)."""
+    def block_record(self, opcode: int, body: bytes, start: int) -> bool:
+        """A record of a block other than a message (a schema or channel, say).
+
+        False when the block is garbage from here (opcode 0): stop walking it.
+        """
+        if opcode == 0:
+            self._problem(start, "chunk holds garbage (opcode 0x00); rest of chunk skipped")
+            return False
         try:
             self._other(opcode, body, False)
         except (_Bad, struct.error, ValueError) as exc:
             self._problem(start, f"bad record in chunk (opcode 0x{opcode:02x}): {exc}")
+        return True
 
     def block_overrun(self, start: int, pos: int) -> None:
         """Report a block record at ``pos`` that runs past the block's end."""
@@ -384,8 +460,8 @@ class McapScan:
                 if length >= 22:
                     cid, seq, lt, pt = unpack_msg(data, body_start)
                     yield cid, seq, lt, pt, data[body_start + 22 : end]
-            else:
-                self.block_record(opcode, data[body_start:end], start)
+            elif not self.block_record(opcode, data[body_start:end], start):
+                return
             pos = end
         if pos != size:
             self.block_tail(start)
@@ -393,6 +469,41 @@ class McapScan:
     def block_tail(self, start: int) -> None:
         """Report a block that ends inside a record."""
         self._problem(start, "chunk ends inside a record")
+
+
+def _decompress_prefix(compression: str, data: bytes, usize: int) -> bytes:
+    """What can be decompressed from the start of damaged or cut-off chunk data."""
+    if compression == "":
+        return bytes(data[:usize])
+    out = bytearray()
+    if compression == "zstd":
+        import io
+
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+        try:
+            while len(out) < usize:
+                piece = reader.read(min(1 << 16, usize - len(out)))
+                if not piece:
+                    break
+                out += piece
+        except Exception:  # keep the prefix read before the damage
+            pass
+        return bytes(out)
+    if compression == "lz4":
+        try:
+            import lz4.frame  # type: ignore[import-untyped, unused-ignore]
+
+            dec = lz4.frame.LZ4FrameDecompressor()
+            for i in range(0, len(data), 1 << 12):
+                out += dec.decompress(data[i : i + (1 << 12)])
+                if len(out) >= usize:
+                    break
+        except Exception:  # keep the prefix read before the damage
+            pass
+        return bytes(out[:usize])
+    return b""
 
 
 def _decompress(compression: str, data: bytes, usize: int) -> bytes:

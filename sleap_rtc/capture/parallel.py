@@ -49,7 +49,7 @@ def _worker_slow(msg: RawMessage) -> list[Any]:
     return [msg]  # for the main process
 
 
-def _worker_lines(span: list[tuple[int, int]]) -> tuple[list[str | RawMessage], list[Problem]]:
+def _worker_lines(span: list[tuple[int, int]]) -> tuple[list[Any], list[Problem]]:
     """JSON lines of some chunks; messages that need the main process come back raw."""
     scan = _WORKER["scan"]
     if scan is None:
@@ -57,11 +57,15 @@ def _worker_lines(span: list[tuple[int, int]]) -> tuple[list[str | RawMessage], 
     out: list[Any] = []
     for offset, length in span:
         data = scan.read_chunk_data(offset, length)
-        if data is not None:
+        if data is not None and scan.salvaged is not None:
+            # A damaged chunk: its messages go to the main process, marked.
+            note = scan.salvaged
+            out.extend((note, msg) for msg in scan.block_messages(data, offset + 9))
+        elif data is not None:
             json_block(scan, data, offset + 9, _WORKER["fast"], _worker_fast, _worker_slow, out)
     problems, scan.problems = scan.problems, []
     # Runs of lines go back as one string each: one pickled object, not thousands.
-    joined: list[str | RawMessage] = []
+    joined: list[Any] = []
     run: list[str] = []
     for item in out:
         if isinstance(item, str):
@@ -81,7 +85,7 @@ def parallel_json(
     plan: ChunkPlan,
     jobs: int,
     fallback: bool,
-    finish: Callable[[RawMessage], list[str]],
+    finish: Callable[[RawMessage, str | None], list[str]],
     problems: list[Problem],
 ) -> Iterator[list[str]]:
     """Batches of JSON lines of one complete file, in file order.
@@ -89,7 +93,8 @@ def parallel_json(
     An item of a batch may hold several lines, joined by newlines.
 
     ``finish`` turns a message the workers sent back into its line(s), in the
-    main process; the workers' problems are appended to ``problems``.
+    main process, with the note of the damaged chunk it was salvaged from (or
+    None); the workers' problems are appended to ``problems``.
     """
     import multiprocessing
 
@@ -101,4 +106,9 @@ def parallel_json(
         for items, found in pool.imap(_worker_lines, spans):
             problems.extend(found)
             for item in items:
-                yield [item] if isinstance(item, str) else finish(item)
+                if isinstance(item, str):
+                    yield [item]
+                elif len(item) == 2:
+                    yield finish(item[1], item[0])
+                else:
+                    yield finish(item, None)

@@ -102,6 +102,11 @@ class CaptureReader:
         """True when some file could not be read to its end."""
         return any(p.fatal for p in self.problems)
 
+    @property
+    def damaged(self) -> bool:
+        """True when anything could not be read: messages lost, a record damaged."""
+        return any(p.fatal or p.lost for p in self.problems)
+
     def records(self) -> Iterator[Record]:
         """Every record of every file, in file order."""
         fragments = Reassembler(self.keep_frames)
@@ -112,8 +117,13 @@ class CaptureReader:
             scan, channels = self._open(path)
             try:
                 lookup = self._lookup(path, scan, channels)
-                for msg in scan.messages():
-                    yield from self._handle(msg, lookup, fragments)
+                for data, start in scan.blocks():
+                    note = scan.salvaged
+                    for msg in scan.block_messages(data, start):
+                        if note is None:
+                            yield from self._handle(msg, lookup, fragments)
+                        else:
+                            yield from _marked(self._handle(msg, lookup, fragments), note)
             finally:
                 self._done(scan)
         yield from fragments.incomplete()
@@ -176,7 +186,8 @@ class CaptureReader:
 
     def _open(self, path: str) -> tuple[McapScan, dict[int, Channel | None]]:
         scan = McapScan(path)
-        self.files.append(FileInfo(path, "mcap"))
+        # The file's metadata list fills in as it is read (the capture's own comes first).
+        self.files.append(FileInfo(path, "mcap", metadata=scan.metadata))
         return scan, {}
 
     def _done(self, scan: McapScan) -> None:
@@ -218,7 +229,13 @@ class CaptureReader:
         try:
             for data, start in scan.blocks():
                 out: list[str] = []
-                json_block(scan, data, start, fast, make_fast, slow, out)
+                note = scan.salvaged
+                if note is not None:
+                    for msg in scan.block_messages(data, start):
+                        records = _marked(self._handle(msg, lookup, fragments), note)
+                        out.extend(r.json_line() for r in records)
+                else:
+                    json_block(scan, data, start, fast, make_fast, slow, out)
                 if out:
                     yield ["\n".join(out)]
         finally:
@@ -237,10 +254,12 @@ class CaptureReader:
         }
         fragments = Reassembler()
 
-        def finish(msg: RawMessage) -> list[str]:
-            return [r.json_line() for r in self._handle(msg, channels.get, fragments)]
+        def finish(msg: RawMessage, note: str | None) -> list[str]:
+            records = self._handle(msg, channels.get, fragments)
+            return [r.json_line() for r in (records if note is None else _marked(records, note))]
 
         yield from parallel_json(path, plan, jobs, self.fallback_schema, finish, self.problems)
+        self.files[-1].complete = not any(p.lost and p.file == path for p in self.problems)
         tail = [r.json_line() for r in fragments.incomplete()]
         if tail:
             yield tail
@@ -300,6 +319,13 @@ class CaptureReader:
         if problem is not None:
             self.problems.append(Problem(path, 0, problem))
         return ch
+
+
+def _marked(records: Iterator[Record], note: str) -> Iterator[Record]:
+    """Records of a salvaged chunk, each saying so in its reason."""
+    for rec in records:
+        rec.reason = note if rec.reason is None else f"{rec.reason}; {note}"
+        yield rec
 
 
 def _batched(lines: Iterator[str]) -> Iterator[list[str]]:

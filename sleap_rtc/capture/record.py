@@ -35,6 +35,7 @@ class Record:
         "fragments",
         "frames",
         "job_id",
+        "job_ids",
         "kind",
         "legacy_type",
         "message_id",
@@ -60,6 +61,7 @@ class Record:
         message_id: int | None = None,
         correlation_id: int | None = None,
         job_id: str | None = None,
+        job_ids: tuple[str, ...] = (),
         version: str | None = None,
         sent_time_ns: int | None = None,
         reason: str | None = None,
@@ -88,6 +90,9 @@ class Record:
         self.message_id = message_id
         self.correlation_id = correlation_id
         self.job_id = job_id
+        #: The jobs of a message's items when it has no job id of its own
+        #: (a JobProgressBatch): what ``-j`` and ``info`` go by.
+        self.job_ids = job_ids
         self.version = version
         self.sent_time_ns = sent_time_ns
         #: Why the frame is shown raw (kind "raw"), or a note about it.
@@ -147,6 +152,10 @@ class Record:
         message = self.message()
         if message is not None:
             out["message"] = message
+        if self.envelope is not None and self.schema is not None and self.schema.extra_header:
+            named = envelope_fields(self.envelope, self.schema.extra_header)
+            if named:
+                out["envelope"] = named
         if self.envelope is not None:
             extra = [
                 unknown_entry(f)
@@ -171,7 +180,12 @@ def _line_fast(rec: Record) -> str:
     job = rec.job_id
     env: Any = rec.envelope
     schema = rec.schema
-    if schema is None or rec._message is not None or len(UnknownFieldSet(env)):
+    if (
+        schema is None
+        or rec._message is not None
+        or schema.extra_header
+        or len(UnknownFieldSet(env))
+    ):
         return _dump(rec.to_json())
     inner = getattr(env, rec.body)
     body = schema.json_converter(inner.DESCRIPTOR)(inner)
@@ -184,6 +198,16 @@ def _line_fast(rec: Record) -> str:
         + (f',"sent_time_ns":{rec.sent_time_ns}' if rec.sent_time_ns else "")
         + f',"message":{body}}}'
     )
+
+
+def envelope_fields(envelope: Message, names: frozenset[str]) -> dict[str, Any]:
+    """The Envelope header fields set in ``envelope`` that only a newer schema names."""
+    if not any(fd.name in names for fd, _ in envelope.ListFields()):
+        return {}
+    from google.protobuf.json_format import MessageToDict
+
+    whole = MessageToDict(envelope, preserving_proto_field_name=True)
+    return {name: whole[name] for name in sorted(names) if name in whole}
 
 
 def raw_view(data: bytes, limit: int = 4096) -> dict[str, Any]:

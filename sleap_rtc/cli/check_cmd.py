@@ -48,10 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _check(args: argparse.Namespace, settings: Any, token: str) -> int:
-    from rich.console import Console
-
     from sleap_rtc.cli.clientflow import build_flow, exit_code, fail, pairs
     from sleap_rtc.cli.common import say
+    from sleap_rtc.client.display import plain_console
     from sleap_rtc.client.resolve import SavedRulesResolver, TerminalResolver
     from sleap_rtc.client.wiring import find_worker
 
@@ -72,7 +71,7 @@ async def _check(args: argparse.Namespace, settings: Any, token: str) -> int:
         say(json.dumps(_as_json(result), indent=2))
         return int(exit_code(result) if view is None or result.ok else ExitCode.FAILED)
     if view is not None:
-        TerminalResolver(console=Console()).show(view)
+        TerminalResolver(console=plain_console()).show(view)
         if not view.labels.ok and view.labels.suggestions:
             best = view.labels.suggestions[0]
             say(

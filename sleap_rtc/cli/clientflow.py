@@ -100,7 +100,19 @@ def exit_code(result: FlowResult) -> ExitCode:
 
 
 def fail(result: FlowResult) -> CliError:
-    """A failed flow as one CliError: the message, then the details on following lines."""
+    """A failed flow as one CliError: the message, then the details on following lines.
+
+    A job that failed while followed is said once: the progress display already
+    printed the trainer's last lines on stdout, so the error (stderr) is one line,
+    and it names the trainer's exit status once.
+    """
+    failure = result.failure
+    if failure is not None:
+        text = f"Training failed: {failure.message}"
+        said = failure.exit_code is None or f"status {failure.exit_code}" in failure.message
+        if not said:
+            text += f" (trainer exit status {failure.exit_code})"
+        return CliError(text, exit_code(result))
     text = result.message
     details = [d for d in result.details if d]
     if details:

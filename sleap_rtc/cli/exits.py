@@ -5,11 +5,15 @@ Scripts can rely on these numbers:
 ====  ==============  ==========================================================
 code  name            meaning
 ====  ==============  ==========================================================
-0     OK              done: job completed, all paths found, server stopped cleanly
+0     OK              done: job completed, or stopped early by Ctrl-C once on
+                      ``train`` (the job ended with its checkpoint kept), all
+                      paths found, server or worker stopped cleanly (Ctrl-C)
 1     FAILED          the job was rejected or failed, paths are missing (``check``),
                       or an unexpected internal error
 2     USAGE           bad arguments or a bad config file (nothing was attempted)
-3     CANCELLED       the user cancelled (path resolution declined, Ctrl-C)
+3     CANCELLED       the user cancelled: path resolution declined, Ctrl-C twice on
+                      ``train`` (the job is left running on the worker), Ctrl-C in
+                      any other client command
 4     UNREACHABLE     cannot reach the signaling server or the worker, or the
                       connection was lost
 5     LOGIN_REQUIRED  no valid token (missing, expired, forged, wrong room)

@@ -1,9 +1,9 @@
-"""``sleap-rtc inspect``: read datachannel captures (info, cat, filter, stats, timeline).
+"""``sleap-rtc inspect``: read datachannel captures (info, cat, filter, recover, stats, timeline).
 
 Each verb is a small module in :mod:`sleap_rtc.inspect` with
 ``add_arguments(parser)`` and ``run(args) -> int``. Exit codes: 0 ok, 1 a
-capture that cannot be read or is damaged (the message says where it stopped;
-whatever could be read is still shown), 2 usage.
+capture that cannot be read, is damaged or lost messages (the messages say what
+and where; whatever could be read is still shown), 2 usage.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ Plain-text captures of the legacy TYPE::json frames are read too.
   info      versions, peers, time span, message counts
   cat       one line per message (--json for JSON lines)
   filter    keep some messages, write a smaller MCAP
+  recover   copy what can be read of a damaged capture to a clean MCAP
   stats     counts and bytes per type and direction; request -> answer latency
   timeline  sequence diagram of the conversation (SVG or HTML)
 """
@@ -30,6 +31,7 @@ _VERBS: dict[str, str] = {
     "info": "versions, peers, time span and counts of a capture",
     "cat": "print one line per message (or --json lines)",
     "filter": "write the selected messages to a smaller MCAP capture",
+    "recover": "write what can be read of a damaged capture to a clean MCAP file",
     "stats": "counts, bytes and request -> answer latency percentiles",
     "timeline": "draw the conversation as an SVG or HTML sequence diagram",
 }
@@ -39,7 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``inspect`` and its verbs on the ``sleap-rtc`` subparsers."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "inspect",
-        help="inspect datachannel captures (info, cat, filter, stats, timeline)",
+        help="inspect datachannel captures (info, cat, filter, recover, stats, timeline)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

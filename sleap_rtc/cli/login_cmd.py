@@ -12,10 +12,12 @@ from sleap_rtc.cli.exits import CliError, ExitCode
 DESCRIPTION = """\
 Log in to a room of a signaling server. By default this opens the server's login
 page in a browser (the answer comes back to a one-time callback on 127.0.0.1) and
-saves the token, readable by you only. Headless machines: --token-file FILE (or
-'-' for stdin) checks a token someone gave you against the server's public keys
-and saves it; or skip login and set SLEAP_RTC_TOKEN / pass --token-file to each
-command.
+saves the token, readable by you only. Without a browser:
+  --user NAME         asks the server for a token with the room's login
+                      passphrase (prompted, or one line on stdin when piped)
+  --token-file FILE   checks a token someone gave you ('-': stdin) against the
+                      server's public keys and saves it
+or skip login and set SLEAP_RTC_TOKEN / pass --token-file to each command.
 """
 
 
@@ -34,6 +36,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="headless: verify the token in FILE ('-': stdin) and save it",
+    )
+    parser.add_argument(
+        "--user",
+        metavar="NAME",
+        help="headless: log in as NAME with the room's login passphrase (prompted, or "
+        "read from stdin)",
     )
     parser.add_argument(
         "--no-browser", action="store_true", help="print the login URL instead of opening a browser"
@@ -65,8 +73,13 @@ def run(args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
     from sleap_rtc.cli.common import run as run_async
 
+    if args.token_file is not None and args.user is not None:
+        raise CliError("give either --user or --token-file, not both", ExitCode.USAGE)
     if args.token_file is not None:
         return run_async(_headless(args.token_file, settings.server, settings.room, store))
+    if args.user is not None:
+        secret = _read_passphrase(settings.room)
+        return run_async(_passphrase(args.user, secret, settings.server, settings.room, store))
     return run_async(_browser(settings.server, settings.room, store, args))
 
 
@@ -115,6 +128,38 @@ async def _headless(path: Path, server: str, room: str, store: Any) -> int:
         ) from None
     store.save(token, server=server, room=room, subject=claims.subject)
     say(f"logged in to room {room!r} at {server} as {claims.subject} (token saved to {store.path})")
+    return int(ExitCode.OK)
+
+
+def _read_passphrase(room: str) -> str:
+    """The room's login passphrase: a prompt on a terminal, else one line of stdin."""
+    if sys.stdin.isatty():
+        import getpass
+
+        secret = getpass.getpass(f"login passphrase for room {room!r}: ")
+    else:
+        secret = sys.stdin.readline()
+    secret = secret.strip()
+    if not secret:
+        raise CliError("no login passphrase given (one line on stdin)", ExitCode.USAGE)
+    return secret
+
+
+async def _passphrase(user: str, secret: str, server: str, room: str, store: Any) -> int:
+    from sleap_rtc.cli.common import say
+    from sleap_rtc.client.login import LoginError, login_with_passphrase
+
+    try:
+        record = await login_with_passphrase(
+            server, room=room, user=user, secret=secret, store=store
+        )
+    except LoginError as exc:
+        code = ExitCode.UNREACHABLE if exc.reason == "unreachable" else ExitCode.LOGIN_REQUIRED
+        raise CliError(f"Login failed: {exc.message}", code) from None
+    say(
+        f"logged in to room {record.room!r} at {record.server} as {record.subject or user} "
+        f"(token saved to {store.path})"
+    )
     return int(ExitCode.OK)
 
 

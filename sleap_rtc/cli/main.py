@@ -29,15 +29,19 @@ COMMANDS = (
     "train_cmd",
     "demo_cmd",
     "inspect_cmd",
+    "gui_cmd",
 )
 
 EPILOG = """\
-exit codes: 0 ok; 1 failed, rejected or paths missing; 2 usage or config error;
-3 cancelled; 4 cannot reach the signaling server or worker, or connection lost;
-5 login required (no valid token).
+exit codes: 0 ok (also `train` stopped early by one Ctrl-C: checkpoint kept);
+1 failed, rejected or paths missing; 2 usage or config error; 3 cancelled
+(resolution declined, Ctrl-C twice on `train`); 4 cannot reach the signaling
+server or worker, or connection lost; 5 login required (no valid token).
 
 Config files: worker.toml and client.toml in the per-user config folder
-(SLEAP_RTC_CONFIG_DIR overrides it). Start with `sleap-rtc demo`.
+(SLEAP_RTC_CONFIG_DIR moves it; `sleap-rtc login` saves tokens there too);
+saved path rules and server/worker state live in the state folder
+(SLEAP_RTC_STATE_DIR moves it). Start with `sleap-rtc demo`.
 """
 
 

@@ -15,8 +15,9 @@ that the labels file and its videos are visible on the worker, help map the miss
 ones (suggestions computed on the worker; --yes accepts the best ones without
 asking), submit, and stream progress here until training ends.
 
-Ctrl-C once asks the worker to stop early (the checkpoint is kept); twice leaves the
-job running on the worker (re-attach with --job-id).
+Ctrl-C once asks the worker to stop early after the current batch: the job ends
+"stopped early" with its checkpoint kept, exit 0. Ctrl-C twice leaves the job
+running on the worker (re-attach with --job-id), exit 3.
 """
 
 
@@ -133,14 +134,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def make_resolver(yes: bool, min_score: float, say: Any) -> Any:
     """The terminal resolver, or with ``yes`` the auto policy that says what it took."""
+    from sleap_rtc.client.display import plain_console
     from sleap_rtc.client.resolve import AutoResolver, TerminalResolver
 
     if not yes:
-        return TerminalResolver()
+        return TerminalResolver(console=plain_console())
     auto = AutoResolver(threshold=min_score)
 
     def resolve(view: Any) -> Any:
-        TerminalResolver().show(view)
+        TerminalResolver(console=plain_console()).show(view)
         resolution = auto(view)
         for original, worker_path in resolution.path_mappings.items():
             say(f"Accepted the worker's suggestion: {original} -> {worker_path}")

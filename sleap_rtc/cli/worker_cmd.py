@@ -59,7 +59,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         metavar="DIR",
-        help="run folders and job state (default: per-user state)",
+        help="job store, pinned keys and temp configs (default: per-user state; run "
+        "folders go to <first mount>/sleap-rtc-runs)",
     )
     parser.add_argument(
         "--loopback",
@@ -129,11 +130,21 @@ def run(args: argparse.Namespace) -> int:
     def registered(peer_id: str) -> None:
         write_ready_file(args.ready_file, peer_id)
 
-    run_async(run_worker(settings, credential, capture=args.capture, on_registered=registered))
+    # A worker started before its signaling server (a reboot, a service order) waits for it.
+    run_async(
+        run_worker(
+            settings,
+            credential,
+            capture=args.capture,
+            on_registered=registered,
+            wait_for_server=True,
+        )
+    )
     return int(ExitCode.OK)
 
 
 def describe(settings: WorkerSettings) -> str:
+    runs = settings.mounts[0].path / "sleap-rtc-runs" if settings.mounts else "-"
     lines = [
         f"config file:     {settings.source or '(none)'}",
         f"name:            {settings.name}",
@@ -143,6 +154,7 @@ def describe(settings: WorkerSettings) -> str:
         f"concurrency:     {settings.concurrency}",
         f"trainer command: {' '.join(settings.trainer_command)}",
         f"state dir:       {settings.state_dir}",
+        f"run folders:     {runs}",
         f"loopback:        {settings.loopback}",
     ]
     lines += [f"mount:           {m.label} = {m.path}" for m in settings.mounts]

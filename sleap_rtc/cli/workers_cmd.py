@@ -18,7 +18,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from sleap_rtc.cli.common import add_client_options
 
     add_client_options(parser, worker=False)
-    parser.add_argument("--json", action="store_true", help="print JSON (one object per worker)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array with one object per worker: peer_id, name, status, "
+        "metadata (its properties: gpu, mounts, versions, confinement, ...), connected_at",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -37,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if not peers:
         say(f"no workers in room {settings.room!r} on {settings.server}")
         return int(ExitCode.OK)
-    from rich.console import Console
     from rich.table import Table
+
+    from sleap_rtc.client.display import plain_console
 
     table = Table(title=f"workers in room {settings.room!r}")
     for column in ("name", "peer id", "status", "gpu", "mounts", "versions"):
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             if isinstance(versions, dict)
             else "-",
         )
-    Console().print(table)
+    plain_console().print(table)
     return int(ExitCode.OK)
 
 

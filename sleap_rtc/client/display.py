@@ -13,12 +13,19 @@
 epoch 1: train/loss 0.5000  val/loss 0.2500  lr-Adam 0.0001
 
 By default only the losses and the learning rate are shown; ``verbose=True``
-shows every metric the trainer reports.
+shows every metric the trainer reports. sleap-nn reports ``train/loss`` one epoch
+late (its first ``epoch_end`` has only ``val/loss``), so the first epoch line
+without it says so, once.
+
+When stdout is not a terminal (a log file, CI, a pipe), :func:`plain_console`
+neither wraps lines nor cuts table cells: paths stay whole.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
+from typing import TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -31,6 +38,30 @@ from sleap_rtc.client.events import (
     ProgressReceived,
 )
 from sleap_rtc_proto.v1 import progress_pb2
+
+#: Width of a console that is not a terminal: wide enough that no table cell is cut.
+UNBOUNDED_WIDTH = 100_000
+
+#: Said once, on the first epoch line that has ``val/loss`` but no ``train/loss``.
+TRAIN_LOSS_LAG_NOTE = "(train/loss is reported from epoch 2 on: sleap-nn sends it one epoch late)"
+
+
+def plain_console(file: TextIO | None = None) -> Console:
+    """A rich console for ``file`` (stdout): as usual on a terminal; otherwise one
+    that never wraps a line nor cuts a table cell with "…" (logs keep whole paths).
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> plain_console(out).print("x" * 300)
+    >>> len(out.getvalue().strip())
+    300
+    """
+    stream = file if file is not None else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return Console(file=file)
+    return Console(file=stream, width=UNBOUNDED_WIDTH, soft_wrap=True, color_system=None)
+
 
 #: Loss names shown by default, in this order (sleap-nn's and LossViewer's).
 _LOSSES = ("loss", "train/loss", "train_loss", "val/loss", "val_loss")
@@ -90,7 +121,8 @@ class TerminalProgress:
         max_epochs: int | None = None,
         verbose: bool = False,
     ) -> None:
-        self.console = console or Console()
+        self.console = console or plain_console()
+        self._lag_noted = False
         self.batch_every = batch_every
         self.show_logs = show_logs
         self.max_epochs = max_epochs
@@ -107,7 +139,12 @@ class TerminalProgress:
             if p.event == progress_pb2.PROGRESS_EVENT_TRAIN_BEGIN:
                 c.print(f"Training started (job {escape(p.job_id)}).")
             elif p.event == progress_pb2.PROGRESS_EVENT_EPOCH_END:
-                c.print(f"epoch {self._epoch(p.epoch)}: {metrics}".rstrip())
+                line = f"epoch {self._epoch(p.epoch)}: {metrics}".rstrip()
+                lagged = "val/loss" in p.metrics and "train/loss" not in p.metrics
+                if lagged and not self._lag_noted:
+                    self._lag_noted = True
+                    line += f"  {TRAIN_LOSS_LAG_NOTE}"
+                c.print(line)
             elif (
                 p.event == progress_pb2.PROGRESS_EVENT_BATCH_END
                 and self.batch_every
@@ -127,7 +164,10 @@ class TerminalProgress:
                 f"outputs in {escape(done.run_dir)}"
             )
         elif isinstance(event, JobFailedEvent):
-            failed = event.failed
-            c.print(f"[red]Job {escape(failed.job_id)} failed:[/] {escape(failed.message)}")
-            for line in failed.log_tail[-20:]:
+            # Only the trainer's last lines: the failure itself is the command's one
+            # error line (stderr), so it is not printed twice.
+            tail = event.failed.log_tail[-20:]
+            if tail:
+                c.print(f"Job {escape(event.failed.job_id)}: the trainer's last output:")
+            for line in tail:
                 c.print(f"[dim]{escape(line)}[/]")

@@ -4,7 +4,12 @@ Both files are optional; command-line flags override what they say. The
 default locations are the usual per-user places (``platformdirs``):
 ``~/.config/sleap-rtc/worker.toml`` and ``~/.config/sleap-rtc/client.toml`` on
 Linux. ``SLEAP_RTC_CONFIG_DIR`` moves the config folder (tests and scripts use
-it to stay away from the user's own files).
+it to stay away from the user's own files); ``sleap-rtc login`` saves its tokens
+there too (``tokens.json``). ``SLEAP_RTC_STATE_DIR`` moves the state folder
+(``~/.local/state/sleap-rtc`` on Linux): the client's saved path rules
+(``mappings.json``), the signaling server's keys and rooms (``signal/``) and the
+worker's job store (``worker/``). A worker's run folders are not there: they go
+to ``<first mount>/sleap-rtc-runs``.
 
 Every validation problem raises a :class:`ConfigFileError`, whose message names
 the file and the key: :class:`~sleap_rtc.config.client.ClientConfigError` for
@@ -24,7 +29,8 @@ from typing import Any
 APP_NAME = "sleap-rtc"
 #: Environment variable that moves the per-user config folder.
 CONFIG_DIR_ENV = "SLEAP_RTC_CONFIG_DIR"
-#: Environment variable that moves the per-user state folder (run dirs, keys, tokens).
+#: Environment variable that moves the per-user state folder (saved path rules, the
+#: signaling server's keys and rooms, the worker's job store; not run folders, not tokens).
 STATE_DIR_ENV = "SLEAP_RTC_STATE_DIR"
 #: Port of the embedded signaling server unless told otherwise.
 DEFAULT_SIGNAL_PORT = 8765

@@ -62,9 +62,11 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
         "-c",
         action="append",
         default=[],
-        type=int,
-        metavar="ID",
-        help="keep the message with this id and the answers that name it (repeatable)",
+        type=parse_correlation,
+        metavar="[DIR:]ID",
+        help="keep the message with this id and the answers that name it (repeatable); ids "
+        "are numbered per direction: c2w:3 is the client's message 3 and the worker's answers "
+        "to it, a bare 3 matches either direction",
     )
     group.add_argument(
         "--connection",
@@ -85,6 +87,33 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TIME",
         help="keep up to this time: ISO 8601 or +SECONDS from the start",
     )
+
+
+def parse_correlation(text: str) -> tuple[str, int]:
+    """``3`` -> ("", 3); ``c2w:3`` -> ("client_to_worker", 3)."""
+    head, sep, tail = text.strip().rpartition(":")
+    direction = _DIRECTION_ALIASES.get(head.lower()) if sep else ""
+    if direction is None:
+        raise argparse.ArgumentTypeError(
+            f"not a direction: {head!r} (use {', '.join(sorted(_DIRECTION_ALIASES))})"
+        )
+    try:
+        return direction, int(tail)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a message id: {tail!r}") from None
+
+
+def _correlates(rec: Record, wanted: set[tuple[str, int]]) -> bool:
+    for direction, mid in wanted:
+        if not direction:
+            if rec.message_id == mid or rec.correlation_id == mid:
+                return True
+        elif rec.direction == direction:
+            if rec.message_id == mid:
+                return True
+        elif rec.correlation_id == mid and rec.direction:
+            return True
+    return False
 
 
 def parse_time_bound(text: str) -> tuple[str, float]:
@@ -130,15 +159,11 @@ def make_predicate(args: argparse.Namespace) -> Callable[[Record], bool] | None:
             return False
         if direction and rec.direction != direction:
             return False
-        if jobs and rec.job_id not in jobs:
+        if jobs and rec.job_id not in jobs and not jobs.intersection(rec.job_ids):
             return False
         if connections and rec.connection not in connections:
             return False
-        if (
-            correlations
-            and rec.correlation_id not in correlations
-            and rec.message_id not in correlations
-        ):
+        if correlations and not _correlates(rec, correlations):
             return False
         if since or until:
             t0 = start[0] if start else 0
@@ -181,9 +206,11 @@ def report_problems(reader: CaptureReader, stream: TextIO | None = None, limit: 
         print(f"warning: {problem}", file=out)
     if len(problems) > limit:
         print(f"warning: ... and {len(problems) - limit} more problems", file=out)
-    if reader.stopped_early:
+    if reader.damaged:
+        lost = sum(1 for p in problems if p.fatal or p.lost)
         print(
-            "error: the capture is damaged; the output above is partial (see where it stopped)",
+            f"error: the capture is damaged ({lost} damaged place(s), listed above); "
+            "the output above is partial",
             file=out,
         )
         return 1

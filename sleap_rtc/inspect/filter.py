@@ -90,17 +90,12 @@ def filter_capture(
     tmp = output.with_name(f".{output.name}.partial")
     copier = _Copier(tmp)
     kept = read = 0
-    metadata_done = False
     text_channel = ChannelRecord(
         0, 0, fmt.RAW_TOPIC, fmt.RAW_ENCODING, {"source": "legacy text capture"}
     )
     try:
         for rec in reader.records():
             read += 1
-            if not metadata_done and reader.files:
-                for name, values in reader.files[0].metadata:
-                    copier.writer.add_metadata(name, values)
-                metadata_done = True
             if keep is not None and not keep(rec):
                 continue
             kept += 1
@@ -115,6 +110,14 @@ def filter_capture(
                 copier.add(
                     copier.channel(text_channel, None), rec.time_ns, rec.time_ns, 0, head + rec.raw
                 )
+        # Metadata last: a file's records are only all known once it was read.
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        for info in reader.files:
+            for name, values in info.metadata:
+                key = (name, tuple(sorted(values.items())))
+                if key not in seen:
+                    seen.add(key)
+                    copier.writer.add_metadata(name, values)
         copier.writer.add_metadata(
             "sleap_rtc.filter",
             {"inputs": " ".join(reader.paths), "kept": str(kept), "read": str(read)},

@@ -69,6 +69,7 @@ def gather(reader: CaptureReader) -> dict[str, Any]:
             versions[rec.version] += 1
         if rec.job_id:
             jobs.add(rec.job_id)
+        jobs.update(rec.job_ids)
         if rec.time_ns:
             first = rec.time_ns if not first else min(first, rec.time_ns)
             last = max(last, rec.time_ns)
@@ -128,6 +129,7 @@ def gather(reader: CaptureReader) -> dict[str, Any]:
         "jobs": sorted(jobs),
         "problems": [str(p) for p in reader.problems],
         "partial": reader.stopped_early,
+        "damaged": reader.damaged,
     }
 
 
@@ -194,6 +196,6 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     info = gather(reader)
     if args.json:
         stream.write(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
-        return 1 if reader.stopped_early else 0
+        return 1 if reader.damaged else 0
     _print_text(info, stream)
     return report_problems(reader)

@@ -1,8 +1,7 @@
 """``inspect stats``: counts and bytes per body type and direction; answer latencies.
 
-A request is answered by the first message in the other direction, on the
-same connection, whose correlation_id is the request's message_id. Latency is
-the difference of the recorder's log times (one clock, so no skew).
+Requests and answers are paired by :class:`~sleap_rtc.inspect.pairing.Pairing`,
+the same pairing ``cat`` shows.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -22,6 +21,7 @@ from sleap_rtc.inspect.common import (
     report_problems,
     selected,
 )
+from sleap_rtc.inspect.pairing import Pairing
 from sleap_rtc_proto import bodies
 
 if TYPE_CHECKING:
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 #: Body types that expect an answer (those never answered are counted).
 REQUESTS = bodies.REQUESTS
-#: Requests remembered while waiting for answers (oldest forgotten first).
-MAX_OPEN_REQUESTS = 200_000
 PERCENTILES = (50, 90, 99)
 
 
@@ -51,7 +49,7 @@ def percentile(sorted_values: list[float], p: float) -> float:
 def compute(records: Iterable[Record]) -> dict[str, Any]:
     """Counts, bytes and latencies of ``records`` as a JSON-ready dict."""
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    open_requests: OrderedDict[tuple[str, str, int], tuple[int, str]] = OrderedDict()
+    pairing = Pairing()
     latencies: dict[str, list[float]] = defaultdict(list)
     answers: dict[str, Counter[str]] = defaultdict(Counter)
     total = [0, 0]
@@ -61,25 +59,11 @@ def compute(records: Iterable[Record]) -> dict[str, Any]:
         c[1] += rec.size
         total[0] += 1
         total[1] += rec.size
-        if rec.kind != "protobuf" or rec.message_id is None:
-            continue
-        if rec.correlation_id:
-            other = (
-                fmt.WORKER_TO_CLIENT
-                if rec.direction == fmt.CLIENT_TO_WORKER
-                else fmt.CLIENT_TO_WORKER
-            )
-            req = open_requests.pop((rec.connection, other, rec.correlation_id), None)
-            if req is not None:
-                latencies[req[1]].append((rec.time_ns - req[0]) / 1e6)
-                answers[req[1]][rec.body] += 1
-        if rec.body in REQUESTS or rec.correlation_id == 0:
-            open_requests[(rec.connection, rec.direction, rec.message_id)] = (rec.time_ns, rec.body)
-            if len(open_requests) > MAX_OPEN_REQUESTS:
-                open_requests.popitem(last=False)
-    unanswered: Counter[str] = Counter(
-        body for _, body in open_requests.values() if body in REQUESTS
-    )
+        answer = pairing.see(rec)
+        if answer is not None:
+            latencies[answer.request].append(answer.latency_ms)
+            answers[answer.request][rec.body] += 1
+    unanswered: Counter[str] = Counter(pairing.unanswered())
     by_type = [
         {"body": body, "direction": direction, "count": n, "bytes": b}
         for (body, direction), (n, b) in sorted(counts.items(), key=lambda kv: (-kv[1][0], kv[0]))
@@ -136,6 +120,6 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         stats["problems"] = [str(p) for p in reader.problems]
         stats["partial"] = reader.stopped_early
         stream.write(json.dumps(stats, indent=2) + "\n")
-        return 1 if reader.stopped_early else 0
+        return 1 if reader.damaged else 0
     _print_text(stats, stream)
     return report_problems(reader)

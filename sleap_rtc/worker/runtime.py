@@ -259,12 +259,16 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     say: Callable[[str], None] | None = None,
     runtime: WorkerRuntime | None = None,
+    wait_for_server: bool = False,
 ) -> None:
     """Register in the room, answer offers, serve each link, until stopped.
 
-    The first signaling connection must succeed; later drops are retried with
-    backoff while jobs keep running. SIGINT/SIGTERM (or ``stop``) end it
-    cleanly: running jobs are stopped and temp configs removed.
+    A signaling server lost later is retried with backoff (1 s doubling to
+    30 s), saying so, while jobs keep running. One that cannot be reached at
+    start raises :class:`RegistrationFailed`, or with ``wait_for_server`` (the
+    ``sleap-rtc worker`` command) is waited for with the same backoff, saying
+    so. SIGINT/SIGTERM (or ``stop``) end it cleanly: running jobs are stopped
+    and temp configs removed.
 
     Args:
         capture: Record every link into this MCAP file (None: ``$SLEAP_RTC_CAPTURE``).
@@ -272,12 +276,14 @@ async def run_worker(
         stop: Ends the worker when set (None: SIGINT/SIGTERM do).
         say: Where the one-line status messages go (stdout by default).
         runtime: Filled in while serving (peer id, connections).
+        wait_for_server: Retry an unreachable server at start instead of raising.
 
     Raises:
         WorkerSetupError: bad ``jwks_file``, settings the service refuses, an
             unwritable capture.
         WorkerCredentialRefused: the signaling server refused the credential.
-        RegistrationFailed: the first signaling connection or registration failed.
+        RegistrationFailed: the first registration failed (with
+            ``wait_for_server``: only when the server refused it).
     """
     import asyncio
     import signal
@@ -305,6 +311,7 @@ async def run_worker(
         await service.start()
     except ValueError as exc:
         raise WorkerSetupError(f"cannot start the worker: {exc}") from None
+    service.announce = out  # per-job lines: accepted, started, finished, failed
     confinement = service.confinement_summary()
     out(f"trainer confinement: {confinement}")
     writer = _open_capture(capture)
@@ -399,9 +406,21 @@ async def run_worker(
                 )
             if not isinstance(error, SignalingError | OSError):
                 raise error
-            if first:
+            unreachable = not isinstance(error, SignalingError) or error.code in (
+                "unreachable",
+                "timeout",
+                "closed",
+            )
+            if first and not (unreachable and wait_for_server):
                 raise RegistrationFailed(str(error))
-            out(f"signaling server unreachable ({error}); retrying in {backoff:.0f} s")
+            if first:
+                # Started before the server (a reboot, a service order): wait for it.
+                out(
+                    f"signaling server {settings.signaling_url} not reachable yet ({error}); "
+                    f"waiting for it, retrying in {backoff:.0f} s (Ctrl-C to give up)"
+                )
+            else:
+                out(f"signaling server unreachable ({error}); retrying in {backoff:.0f} s")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff):
                     await stopping.wait()

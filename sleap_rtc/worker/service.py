@@ -165,6 +165,9 @@ class WorkerService:
         self._index_stop = threading.Event()
         self._index_task: asyncio.Task[None] | None = None
         self.started = False
+        #: Where the one-line per-job notices go (accepted, started, finished,
+        #: failed); the runtime points it at the worker's output. None: logged at INFO.
+        self.announce: Callable[[str], None] | None = None
 
     def confinement_summary(self) -> str:
         """One line on how trainers are confined here (start-up message, ``workers``)."""
@@ -358,7 +361,15 @@ class WorkerService:
             if accepted is not None:
                 conn.follow(accepted)
         if job is not None:
+            self._notice(f"job {job.job_id} accepted from {job.owner or 'a client'}; "
+                         f"run folder {job.run_dir}")
             self._start_job(job)
+
+    def _notice(self, text: str) -> None:
+        if self.announce is not None:
+            self.announce(text)
+        else:
+            log.info("%s", text)
 
     def _start_job(self, job: Job) -> None:
         assert self._zmq is not None
@@ -374,6 +385,7 @@ class WorkerService:
             sandbox=self.sandbox,
         )
         job.start(run)
+        self._notice(f"job {job.job_id} started: {' '.join(self.config.trainer_command)}")
         self._runs[job.job_id] = asyncio.create_task(self._run(job, run))
 
     async def _run(self, job: Job, run: TrainerRun) -> None:
@@ -399,7 +411,12 @@ class WorkerService:
         finally:
             self._runs.pop(job.job_id, None)
         job.finish(result)
-        log.info("job %s ended: %s", job.job_id, job.message)
+        if result.completed:
+            how = "stopped early" if result.stopped_early else "finished"
+            self._notice(f"job {job.job_id} {how} in {result.duration_s:.1f} s; "
+                         f"outputs in {job.run_dir}")
+        else:
+            self._notice(f"job {job.job_id} failed: {job.message}")
 
     def _owned(self, conn: Connection, correlation_id: int, job_id: str) -> Job | None:
         job = self.registry.get(job_id)
