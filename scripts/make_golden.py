@@ -305,6 +305,10 @@ def _bodies() -> dict[str, tuple[object, int]]:
     return bodies
 
 
+#: message_id of the directory_list_request vector (ids follow the order of _bodies()).
+_DIRECTORY_LIST_REQUEST_ID = 20
+
+
 def _v1_2_bodies() -> dict[str, tuple[object, int]]:
     """Variants showing the 1.2 fields (client file facts, labels suggestions, refusals)."""
     return {
@@ -349,6 +353,35 @@ def _v1_2_bodies() -> dict[str, tuple[object, int]]:
                 mounts=["/mnt/lab-share"],
             ),
             5,
+        ),
+        "directory_list_request": (
+            paths_pb2.DirectoryListRequest(
+                path="/mnt/lab-share/mice", page_token="200", page_size=200
+            ),
+            0,
+        ),
+        "directory_list": (
+            paths_pb2.DirectoryList(
+                path="/mnt/lab-share/mice",
+                entries=[
+                    paths_pb2.DirectoryEntry(
+                        name="videos",
+                        path="/mnt/lab-share/mice/videos",
+                        kind=paths_pb2.ENTRY_KIND_DIRECTORY,
+                        mtime_ns=1_767_225_000_000_000_000,
+                    ),
+                    paths_pb2.DirectoryEntry(
+                        name="labels.v003.slp",
+                        path="/mnt/lab-share/mice/labels.v003.slp",
+                        kind=paths_pb2.ENTRY_KIND_FILE,
+                        size=1_048_576,
+                        mtime_ns=1_767_225_000_000_000_000,
+                    ),
+                ],
+                next_page_token="",
+                total=202,
+            ),
+            _DIRECTORY_LIST_REQUEST_ID,
         ),
     }
 

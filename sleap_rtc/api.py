@@ -278,7 +278,7 @@ def _flow(
         settings = with_overrides(load(), server=server, room=room, worker=worker)
         return build_flow(
             settings,
-            auth or stored_login(settings, token),
+            auth or stored_login(settings, token, login_timeout_s=timeouts.login_s),
             client_name=CLIENT_NAME,
             worker_id=worker or "",
             resolver=resolver,

@@ -75,6 +75,8 @@ class Feature(StrEnum):
     LABELS_SUGGESTIONS = "labels_suggestions"
     #: 1.2: PathCheckRequest.client_files (the client's sizes and mtimes).
     CLIENT_FILE_FACTS = "client_file_facts"
+    #: 1.2: DirectoryListRequest/DirectoryList (browse the worker's shared storage).
+    BROWSE = "browse"
 
 
 _V1_0 = Version(1, 0)
@@ -232,6 +234,23 @@ BODIES: tuple[BodySpec, ...] = (
         kind=Kind.JOB_EVENT,
         since=_V1_1,
         feature=Feature.PROGRESS_BATCH,
+    ),
+    BodySpec(
+        name="directory_list_request",
+        message=paths_pb2.DirectoryListRequest,
+        sender=Sender.CLIENT,
+        kind=Kind.REQUEST,
+        since=_V1_2,
+        feature=Feature.BROWSE,
+    ),
+    BodySpec(
+        name="directory_list",
+        message=paths_pb2.DirectoryList,
+        sender=Sender.WORKER,
+        kind=Kind.ANSWER,
+        answers=frozenset({"directory_list_request"}),
+        since=_V1_2,
+        feature=Feature.BROWSE,
     ),
     BodySpec(
         name="fragment",

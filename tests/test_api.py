@@ -225,3 +225,60 @@ def test_default_wiring_finds_no_worker_by_name(
     assert result.status is FlowStatus.ERROR and result.message == COULD_NOT_CONNECT
     assert result.stage == "connect"
     assert any("no worker 'gpu-nowhere' in room 'lab'" in d for d in result.details), result
+
+
+def test_the_worker_name_that_sleap_rtc_workers_shows_is_accepted(
+    lab: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """api.check_paths(worker=NAME) and the gui runner reach the worker of that name.
+
+    Two workers in the room, each registered with a peer id and a different name;
+    the WebRTC connector is replaced by an in-memory worker, recording which peer
+    id it was asked for."""
+    from rtc_helpers import WORKER_KEY
+
+    from sleap_rtc.client.wiring import list_workers
+    from sleap_rtc.config.client import ClientSettings
+    from sleap_rtc.signaling.client import SignalingClient
+    from sleap_rtc.transport import webrtc
+
+    monkeypatch.setenv("SLEAP_RTC_CONFIG_DIR", str(lab["tmp"] / "config"))
+    monkeypatch.setenv("SLEAP_RTC_STATE_DIR", str(lab["tmp"] / "state-home"))
+    asked: list[str] = []
+
+    def fake_connector(server: str, *, worker_id: str | None = None, **kw: Any) -> Any:
+        asked.append(worker_id or "")
+        return worker_connect(lab)
+
+    monkeypatch.setattr(webrtc, "make_connector", fake_connector)
+
+    async def main() -> tuple[list[str], Any, Any]:
+        async with signaling_server(lab["tmp"]) as server:
+            workers = []
+            for peer_id, name in (("peer-a1", "gpu-1"), ("peer-b2", "gpu-2")):
+                sig = await SignalingClient.connect(server.url)
+                await sig.register(room_id="lab", role="worker", peer_id=peer_id,
+                                   worker_key=WORKER_KEY,
+                                   metadata={"properties": {"name": name, "status": "available"}})
+                workers.append(sig)
+            token = server.issuer.issue("alice", "lab")
+            try:
+                shown = [w.name for w in await list_workers(
+                    ClientSettings(server=server.url, room="lab"), token)]  # `sleap-rtc workers`
+                by_api = await api.check_paths_async(
+                    lab["labels"], room="lab", worker="gpu-2", server=server.url, token=token,
+                    timeouts=FAST, resolver=AutoResolver(threshold=0.1))
+                by_runner = await asyncio.to_thread(
+                    runners.run_presubmission_checks, lab["labels"], "lab", "gpu-2",
+                    server=server.url, token=token, timeouts=FAST,
+                    resolver=AutoResolver(threshold=0.1))
+            finally:
+                for sig in workers:
+                    await sig.close()
+            return shown, by_api, by_runner
+
+    shown, by_api, by_runner = asyncio.run(asyncio.wait_for(main(), 60))
+    assert sorted(shown) == ["gpu-1", "gpu-2"]
+    assert by_api.ok, by_api
+    assert by_runner.ok, by_runner
+    assert asked == ["peer-b2", "peer-b2"]  # the name's peer id, not the name, nor gpu-1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -347,7 +348,16 @@ def test_corrupt_chunk_is_skipped_and_reported(tmp_path: Path) -> None:
     session_capture(path, progress=400, writer=writer)
     writer.close()
     data = bytearray(path.read_bytes())
-    middle = len(data) // 2
+    # The middle of the chunk record around the file's middle (not of a message
+    # index beside it, which a linear reader may ignore).
+    pos, chunk = 8, None
+    while pos < len(data) - 9:
+        opcode, length = data[pos], struct.unpack_from("<Q", data, pos + 1)[0]
+        if opcode == 0x06 and (chunk is None or pos <= len(data) // 2):
+            chunk = (pos, length)
+        pos += 9 + length
+    assert chunk is not None
+    middle = chunk[0] + 9 + chunk[1] // 2
     data[middle : middle + 8] = b"\x00" * 8
     path.write_bytes(bytes(data))
     recs, reader = records(path)

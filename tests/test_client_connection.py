@@ -94,3 +94,56 @@ def test_adapter_link_closed_mid_request_and_events_iterator() -> None:
         await conn.close()
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_list_directory_sends_the_request_and_returns_the_page() -> None:
+    from sleap_rtc.client.connection import RemoteError
+    from sleap_rtc_proto.errors import SessionMisuse
+    from sleap_rtc_proto.v1 import error_pb2
+
+    async def answer_hello(worker_end: Any, worker: Worker, features: list[str]) -> None:
+        [hello] = worker.read([await worker_end.recv()])
+        assert "browse" in hello.hello.features
+        body = ack()
+        del body.features[:]
+        body.features.extend(features)
+        for frame in worker.send(body, hello.message_id):
+            await worker_end.send(frame)
+
+    async def main() -> None:
+        conn, worker_end, worker = _adapter_pair()
+        async with conn:
+            hello = asyncio.create_task(conn.hello())
+            await answer_hello(worker_end, worker, ["browse"])
+            await hello
+            call = asyncio.create_task(conn.list_directory("/mnt/a", page_token="3", page_size=2))
+            [req] = worker.read([await worker_end.recv()])
+            assert req.directory_list_request == paths_pb2.DirectoryListRequest(
+                path="/mnt/a", page_token="3", page_size=2
+            )
+            page = paths_pb2.DirectoryList(
+                path="/mnt/a",
+                entries=[paths_pb2.DirectoryEntry(name="x.slp", path="/mnt/a/x.slp", kind=1)],
+                total=4,
+                next_page_token="5",
+            )
+            for frame in worker.send(page, req.message_id):
+                await worker_end.send(frame)
+            assert await call == page
+            call = asyncio.create_task(conn.list_directory("/etc"))
+            [req] = worker.read([await worker_end.recv()])
+            refusal = error_pb2.Error(code=error_pb2.ERROR_CODE_FORBIDDEN, message="'/etc' lies")
+            for frame in worker.send(refusal, req.message_id):
+                await worker_end.send(frame)
+            with pytest.raises(RemoteError, match="/etc"):
+                await call
+        old, worker_end, worker = _adapter_pair()
+        async with old:
+            hello = asyncio.create_task(old.hello())
+            await answer_hello(worker_end, worker, ["attach"])
+            await hello
+            with pytest.raises(SessionMisuse, match="browse"):
+                await old.list_directory()
+            assert old.session.pending == {}
+
+    asyncio.run(asyncio.wait_for(main(), 10))

@@ -72,6 +72,8 @@ ENVELOPE_FIELDS = {
     "job_attach": 38,
     "job_status": 39,
     "job_progress_batch": 40,
+    "directory_list_request": 41,
+    "directory_list": 42,
     "fragment": 100,
 }
 
@@ -214,7 +216,7 @@ def _future_classes() -> dict[str, type[Message]]:
     envelope = next(m for m in env_file.message_type if m.name == "Envelope")
     envelope.field.add(
         name="job_pause",
-        number=41,
+        number=43,
         type=FDP.TYPE_MESSAGE,
         type_name=".sleap_rtc_proto.v1.JobPause",
         label=FDP.LABEL_OPTIONAL,
@@ -277,8 +279,8 @@ def test_future_body_is_unknown_and_kept(future: dict[str, type[Message]]) -> No
     today = MessageStream().receive(data, now=0.0)
     assert today is not None
     body = body_of(today)
-    assert body == UnknownBody(41, pause.SerializeToString())
-    assert body_name(today) == "unknown_body_41"
+    assert body == UnknownBody(43, pause.SerializeToString())
+    assert body_name(today) == "unknown_body_43"
     assert future["Envelope"].FromString(today.SerializeToString()) == env
 
 

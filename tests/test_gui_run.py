@@ -637,3 +637,162 @@ def test_the_panel_flow_uses_the_client_settings_and_the_chosen_worker(
     assert isinstance(flow, PresubmissionFlow)
     assert flow.worker_id == "gpu-1"
     assert flow.on_accepted is not None and calls == []
+
+
+def test_browse_picks_a_file_on_the_worker_then_check_finds_it(qtbot: Any, lab: Any) -> None:
+    from sleap_rtc.gui.pathdialog import BROWSE_UNAVAILABLE, PathResolutionDialog
+
+    labels = make_labels(lab["mnt"] / "project" / "labels.slp", [lab["client_video"]])
+    shown: list[Any] = []
+    runs: list[Any] = []
+    _dialog, att = attached(qtbot, labels, lab["worker"], on_run=watching(runs, shown))
+    att.button.click()
+    qtbot.waitUntil(lambda: bool(shown), timeout=WAIT_MS)
+    pd = shown[0]
+    pd.choice_widget(1).setEditText("")  # no suggestion kept: the browser starts at the mounts
+    assert pd.browse_button.isEnabled() and pd.browse_button.objectName() == "browseButton"
+    pd.browse_button.click()
+    browser = pd.browser
+    assert browser is not None and browser.isVisible()
+
+    def open_entry(name: str) -> None:
+        qtbot.waitUntil(lambda: browser.item_named(name) is not None, timeout=WAIT_MS)
+        browser.entries.itemDoubleClicked.emit(browser.item_named(name))
+
+    open_entry(str(lab["mnt"].resolve()) + "/")  # the mount root
+    open_entry("shared/")
+    open_entry("data/")
+    qtbot.waitUntil(lambda: browser.item_named("b.h5") is not None, timeout=WAIT_MS)
+    assert browser.item_named("d.h5") is not None and "of 3 entries" in browser.status.text()
+    shot(browser, lab["tmp"], "worker_browser")
+    open_entry("b.h5")
+    qtbot.waitUntil(lambda: not browser.isVisible(), timeout=WAIT_MS)
+    worker_copy = str(Path(lab["worker_copy"]).resolve())
+    assert pd.choice_widget(1).currentText() == worker_copy
+    assert pd.table.item(1, 2).text() != "found"  # picking is not finding: the worker decides
+    assert not pd.continue_button.isEnabled()
+    pd.check_button.click()
+    qtbot.waitUntil(pd.continue_button.isEnabled, timeout=WAIT_MS)
+    assert pd.table.item(1, 2).text() == "found"
+
+    class NoBrowse:
+        available = False
+
+        def __call__(self, path: str, page_token: str) -> Any:
+            raise AssertionError("never called")
+
+    for lister in (None, NoBrowse()):
+        other = PathResolutionDialog(pd.model.view, lister=lister)  # type: ignore[arg-type]
+        qtbot.addWidget(other)
+        assert not other.browse_button.isEnabled()
+        assert other.browse_button.toolTip() == BROWSE_UNAVAILABLE
+    with qtbot.waitSignal(runs[0].finished, timeout=WAIT_MS):
+        pd.continue_button.click()
+    result = runs[0].results[-1]
+    assert result.ok, result
+    assert dict(result.path_mappings) == {lab["client_video"]: worker_copy}
+
+
+def test_the_panel_lists_the_rooms_workers_off_the_gui_thread(
+    qtbot: Any, tmp_path: Path
+) -> None:
+    from sleap_rtc.gui.plugin import attach
+    from sleap_rtc.gui.workerlist import no_worker_hint
+    from sleap_rtc.signaling.client import PeerInfo
+
+    video = make_h5_video(tmp_path / "mnt" / "a.h5")
+    labels = make_labels(tmp_path / "mnt" / "labels.slp", [video])
+    rooms = {
+        "lab": [PeerInfo("peer-a1", "worker", {"properties": {"name": "gpu-1", "status": "busy",
+                                                            "gpu": "NVIDIA H200"}}),
+                PeerInfo("peer-b2", "worker", {"properties": {"name": "gpu-2",
+                                                            "status": "available"}})],
+        "empty": [],
+    }
+    asked: list[str] = []
+
+    async def discover(room: str) -> list[PeerInfo]:
+        asked.append(room)
+        await asyncio.sleep(0.5)  # a slow signaling server: the GUI keeps running
+        if room == "down":
+            raise ConnectionRefusedError("the signaling server is unreachable")
+        return rooms[room]
+
+    dialog = learning_dialog(labels)
+    qtbot.addWidget(dialog)
+    att = attach(dialog, make_flow=lambda **kw: None, discover=discover)  # type: ignore[arg-type]
+    assert att is not None
+    panel = att.panel
+    panel.room.setText("lab")
+    panel.worker.setText("peer-b2")
+    began = time.perf_counter()
+    panel.refresh()
+    assert time.perf_counter() - began < 0.1  # returns at once; the listing runs elsewhere
+    assert not panel.refresh_button.isEnabled()
+    qtbot.waitUntil(lambda: len(panel.peers) == 2, timeout=WAIT_MS)
+    texts = [panel.workers.itemText(i) for i in range(panel.workers.count())]
+    assert texts == ["gpu-1 — busy, NVIDIA H200", "gpu-2 — available, no GPU reported"]
+    assert panel.workers.currentIndex() == 1 and not panel.hint.isVisible()
+    panel.workers.activated.emit(0)
+    assert panel.worker.text() == "gpu-1"  # the name `sleap-rtc workers` shows
+    assert panel.settings.value("worker") == "gpu-1"
+    dialog.show()
+    shot(panel, tmp_path, "remote_panel")
+    for room, expected in (("empty", "sleap-rtc worker --server"),
+                           ("down", "Could not list the room's workers")):
+        panel.room.setText(room)
+        panel.refresh()
+        qtbot.waitUntil(lambda: panel.refresh_button.isEnabled(), timeout=WAIT_MS)
+        assert panel.peers == [] and panel.hint.isVisible()
+        assert expected in panel.hint.text(), panel.hint.text()
+    assert "--room empty" in no_worker_hint("empty")
+    assert asked[1:] == ["lab", "empty", "down"]  # asked[0]: the refresh when attached
+
+
+def test_panel_log_in_runs_off_the_gui_thread_and_can_be_cancelled(qtbot: Any) -> None:
+    from sleap_rtc.client.login import LoginError
+    from sleap_rtc.gui.loginctl import LoginControl
+    from sleap_rtc.gui.plugin import RemotePanel
+
+    behaviour = {"mode": "ok"}
+    rooms: list[str] = []
+    forgotten: list[str] = []
+
+    async def fake_login(room: str) -> None:
+        rooms.append(room)
+        await asyncio.sleep(0.3)
+        if behaviour["mode"] == "refused":
+            raise LoginError("denied", "the server refused the login: access_denied")
+        if behaviour["mode"] == "abandoned":
+            await asyncio.sleep(3600)  # nobody finishes the browser page
+
+    def fake_logout(room: str) -> bool:
+        forgotten.append(room)
+        return True
+
+    async def no_workers(room: str) -> list[Any]:
+        return []
+
+    panel = RemotePanel(discover=no_workers,
+                        login=LoginControl(login=fake_login, logout=fake_logout))
+    qtbot.addWidget(panel)
+    panel.room.setText("lab")
+    for mode, expected in (("ok", "logged in"),
+                           ("refused", "Login required. Please try again."),
+                           ("abandoned", "login cancelled")):
+        behaviour["mode"] = mode
+        began = time.perf_counter()
+        panel.login_button.click()
+        assert time.perf_counter() - began < 0.1  # the GUI thread never waits on the login
+        assert panel.login_button.text() == "Cancel login"
+        if mode == "abandoned":
+            qtbot.wait(400)
+            began = time.perf_counter()
+            panel.login_button.click()  # "Cancel login"
+        qtbot.waitUntil(lambda: panel.login_button.text() == "Log in", timeout=WAIT_MS)
+        assert panel.login.text().startswith(expected), (mode, panel.login.text())
+        if mode == "abandoned":
+            assert time.perf_counter() - began < 2.0
+    assert rooms == ["lab", "lab", "lab"]
+    panel.logout_button.click()
+    assert forgotten == ["lab"] and panel.login.text() == "logged out"

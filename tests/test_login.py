@@ -395,3 +395,64 @@ def test_login_token_file_refuses_a_token_that_expired_seconds_ago(tmp_path: Pat
             assert await _headless(fresh, server.url, "lab", store) == 0
 
     run(main())
+
+
+def test_a_refused_or_abandoned_browser_login_ends_within_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GUI runner's login (stored_login -> login) gives up after login_timeout_s."""
+    import functools
+    import time
+
+    from sleap_rtc.client import login as login_module
+    from sleap_rtc.client.auth import AuthCheck
+    from sleap_rtc.client.results import LOGIN_REQUIRED, FlowStatus
+    from sleap_rtc.client.timeouts import FlowTimeouts
+    from sleap_rtc.client.wiring import stored_login
+    from sleap_rtc.config.client import ClientSettings
+    from sleap_rtc.gui.runners import run_presubmission_checks
+
+    def refuse(url: str) -> bool:  # the user says no on the login page
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+        status, _, _ = get(f"{query['redirect_uri']}?state={query['state']}&error=access_denied")
+        assert status == 400
+        return True
+
+    settings = ClientSettings(server="http://127.0.0.1:9", room="lab")
+    assert stored_login(settings, "").login_timeout_s == FlowTimeouts().login_s == 120.0
+    connects: list[int] = []
+
+    async def never_connect() -> Any:
+        connects.append(1)
+        raise AssertionError("no connection without a login")
+
+    for browser_action, bound, most_s in (
+        (lambda url: True, 0.5, 3.0),  # abandoned: the page is opened, nobody logs in
+        (refuse, 30.0, 3.0),  # refused: answered at once, not after the bound
+    ):
+        real = functools.partial(
+            login, open_browser=browser_action, store=TokenStore(tmp_path / "t.json")
+        )
+        monkeypatch.setattr(login_module, "login", real)
+        began = time.monotonic()
+        result = run_presubmission_checks(
+            "/nowhere/labels.slp",
+            "lab",
+            "gpu-1",
+            connect=never_connect,
+            auth=stored_login(settings, "", login_timeout_s=bound),  # "": no stored token
+        )
+        took = time.monotonic() - began
+        assert result.status is FlowStatus.ERROR and result.message == LOGIN_REQUIRED, result
+        assert took < most_s, took
+    assert connects == [] and not (tmp_path / "t.json").exists()
+
+    async def hangs() -> str:  # a login that never returns (e.g. a stuck token check)
+        await asyncio.sleep(3600)
+        return ""
+
+    check = AuthCheck(get_token=lambda: None, login=hangs, login_timeout_s=0.2)
+    began = time.monotonic()
+    with pytest.raises(Exception, match=r"did not finish within 0\.2 s"):
+        asyncio.run(check.token())
+    assert time.monotonic() - began < 2.0

@@ -326,3 +326,37 @@ def test_worker_refuses_sending_a_client_body_and_an_unauthenticated_send() -> N
     client = ClientSession()
     with pytest.raises(SessionMisuse):
         client.request(check_request(), now=0.0)
+
+
+def test_browse_is_routed_only_where_the_feature_and_1_2_are_in_effect() -> None:
+    from sleap_rtc_proto.errors import SessionMisuse
+
+    pair = SessionPair()
+    pair.handshake()
+    assert Feature.BROWSE in pair.client.features and Feature.BROWSE in pair.worker.features
+    cid = pair.client.request(paths_pb2.DirectoryListRequest(path="/mnt/lab"), now=0.0)
+    [event] = pair.deliver("worker")
+    assert isinstance(event, RequestReceived) and event.name == "directory_list_request"
+    pair.worker.send(paths_pb2.DirectoryList(path="/mnt/lab", total=0), correlation_id=cid)
+    [answer] = pair.deliver("client")
+    assert isinstance(answer, AnswerReceived) and answer.name == "directory_list"
+    assert answer.request == "directory_list_request"
+
+    no_browse = SessionPair(client=ClientSession(token="good", features=("fragments", "attach")))
+    no_browse.handshake()
+    assert Feature.BROWSE not in no_browse.client.features
+    with pytest.raises(SessionMisuse, match="browse feature"):
+        no_browse.client.request(paths_pb2.DirectoryListRequest(), now=0.0)
+    assert no_browse.client.pending == {}
+
+    v1_1 = Version(1, 1)
+    old = SessionPair(client=ClientSession(token="good", supported=VersionRange(V1_0, v1_1)))
+    old.handshake()
+    assert Feature.BROWSE not in old.worker.features  # a 1.1 peer never agrees to it
+    with pytest.raises(SessionMisuse):
+        old.client.request(paths_pb2.DirectoryListRequest(), now=0.0)
+    raw = MessageStream(version=v1_1)
+    rid, frames = raw.send(paths_pb2.DirectoryListRequest())
+    [violation] = old.worker.receive(frames[0], 0.0)
+    assert isinstance(violation, ClientViolation) and violation.correlation_id == rid
+    assert violation.error.code == error_pb2.ERROR_CODE_UNEXPECTED

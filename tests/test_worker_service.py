@@ -659,3 +659,102 @@ def test_labels_suggestions_only_where_the_feature_was_agreed(env: Env) -> None:
         assert got["fragments"] == []
 
     run(env, body, build_index=True)
+
+
+# --- browsing the shared storage (1.2, feature "browse") -------------------------
+
+
+async def listing(client: RawClient, **request: Any) -> paths_pb2.DirectoryList | Any:
+    return body_of(await client.request(paths_pb2.DirectoryListRequest(**request)))
+
+
+async def browser(connect: Any) -> RawClient:
+    client, _ = await connect(hello=False)
+    ack = await client.hello(features=("fragments", "attach", "browse"))
+    assert "browse" in ack.hello_ack.features, ack
+    return client  # type: ignore[no-any-return]
+
+
+def test_browse_lists_inside_the_mounts_only(env: Env) -> None:
+    outside = env.tmp / "secret"
+    outside.mkdir()
+    (outside / "key.txt").write_text("x")
+    (env.mnt / "data" / "out").symlink_to(outside)  # a link out of the mounts
+    (env.mnt / "data" / "inner").symlink_to(env.mnt / "data" / "v.h5")  # a link inside
+    (env.mnt / "data" / "sub").mkdir()
+
+    async def body(service: WorkerService, connect: Any) -> None:
+        client = await browser(connect)
+        roots = await listing(client)
+        assert isinstance(roots, paths_pb2.DirectoryList), roots
+        assert [e.path for e in roots.entries] == [str(env.mnt.resolve())]
+        assert roots.entries[0].kind == paths_pb2.ENTRY_KIND_DIRECTORY
+        data = await listing(client, path=str(env.mnt / "data"))
+        assert isinstance(data, paths_pb2.DirectoryList), data
+        names = [e.name for e in data.entries]
+        assert names == ["sub", "inner", "labels.slp", "v.h5"]  # folders first; no "out"
+        by_name = {e.name: e for e in data.entries}
+        assert by_name["labels.slp"].size == env.labels.stat().st_size
+        assert by_name["labels.slp"].path == str(env.labels.resolve())
+        assert data.total == 4 and data.next_page_token == ""
+        for refused in (str(outside), str(env.mnt / "data" / "out"), f"{env.mnt}/../secret"):
+            error = await listing(client, path=refused)
+            assert isinstance(error, E.Error), error
+            assert error.code == E.ERROR_CODE_FORBIDDEN
+            assert refused in error.message and error.details["path"] == refused
+        not_dir = await listing(client, path=str(env.labels))
+        assert isinstance(not_dir, E.Error) and not_dir.code == E.ERROR_CODE_INVALID_ARGUMENT
+        assert "is not a folder" in not_dir.message
+        missing = await listing(client, path=str(env.mnt / "nope"))
+        assert isinstance(missing, E.Error) and missing.code == E.ERROR_CODE_NOT_FOUND
+        relative = await listing(client, path="data")
+        assert isinstance(relative, E.Error) and relative.code == E.ERROR_CODE_INVALID_ARGUMENT
+        still = await listing(client, path=str(env.mnt))  # the peer stays usable
+        assert isinstance(still, paths_pb2.DirectoryList)
+
+    run(env, body)
+
+
+def test_browse_pages_are_bounded_and_complete(env: Env) -> None:
+    from sleap_rtc.worker.browse import MAX_PAGE_SIZE
+
+    many = env.mnt / "many"
+    many.mkdir()
+    for i in range(MAX_PAGE_SIZE + 7):
+        (many / f"f{i:04d}.mp4").write_bytes(b"")
+
+    async def body(service: WorkerService, connect: Any) -> None:
+        client = await browser(connect)
+        seen: list[str] = []
+        token, pages = "", 0
+        while True:
+            page = await listing(client, path=str(many), page_token=token, page_size=3 * 1000)
+            assert isinstance(page, paths_pb2.DirectoryList), page
+            assert len(page.entries) <= MAX_PAGE_SIZE and page.total == MAX_PAGE_SIZE + 7
+            seen += [e.name for e in page.entries]
+            pages += 1
+            token = page.next_page_token
+            if not token:
+                break
+        assert pages == 2 and seen == sorted(p.name for p in many.iterdir())
+        small = await listing(client, path=str(many), page_size=5)
+        assert [e.name for e in small.entries] == seen[:5] and small.next_page_token == "5"
+        for bad in ("x", "-1", str(MAX_PAGE_SIZE + 7), "٣"):
+            error = await listing(client, path=str(many), page_token=bad)
+            assert isinstance(error, E.Error) and error.code == E.ERROR_CODE_INVALID_ARGUMENT
+
+    run(env, body)
+
+
+def test_browse_needs_the_feature_and_hides_undisclosed_mounts(env: Env) -> None:
+    async def body(service: WorkerService, connect: Any) -> None:
+        client, _ = await connect(hello=False)
+        assert (await client.hello(features=("fragments",))).WhichOneof("body") == "hello_ack"
+        error = await listing(client, path=str(env.mnt))
+        assert isinstance(error, E.Error) and error.code == E.ERROR_CODE_UNEXPECTED
+        other = await browser(connect)
+        roots = await listing(other)
+        assert isinstance(roots, E.Error) and roots.code == E.ERROR_CODE_FORBIDDEN
+        assert isinstance(await listing(other, path=str(env.mnt)), paths_pb2.DirectoryList)
+
+    run(env, body, disclose_mounts=False)

@@ -178,7 +178,11 @@ def load_schema(name: str, encoding: str, data: bytes) -> LoadedSchema:
                 progress = True
         if not progress:
             missing = sorted(
-                {d for f in pending for d in f.dependency} - added - {f.name for f in pending}
+                # A damaged name that is not UTF-8 comes back as bytes (proto2 strings).
+                str(d)
+                for d in {d for f in pending for d in f.dependency}
+                - added
+                - {f.name for f in pending}
             )
             raise SchemaProblem(
                 f"schema {name!r}: imports missing from the FileDescriptorSet: "

@@ -11,6 +11,7 @@ login did not give a usable token: no stored token
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,8 @@ class AuthCheck:
         room: the room the token must be for, when known.
         leeway_s: clock skew tolerated when no verifier is given.
         clock: wall-clock seconds (injected for tests).
+        login_timeout_s: the most an (async) login may take; past it the login
+            is given up and :meth:`token` raises LoginRequired. None: no bound.
     """
 
     get_token: Callable[[], str | None]
@@ -46,6 +49,7 @@ class AuthCheck:
     room: str | None = None
     leeway_s: float = DEFAULT_LEEWAY_S
     clock: Callable[[], float] = time.time
+    login_timeout_s: float | None = None
     #: The token the last successful :meth:`token` call returned (for connectors).
     current: str = ""
 
@@ -79,7 +83,12 @@ class AuthCheck:
             return token
         log.info("login needed: %s", problem)
         try:
-            fresh = await maybe_await(self.login())
+            async with asyncio.timeout(self.login_timeout_s):
+                fresh = await maybe_await(self.login())
+        except TimeoutError:
+            raise LoginRequired(
+                f"the login did not finish within {self.login_timeout_s:g} s"
+            ) from None
         except Exception as exc:
             raise LoginRequired(f"login failed: {exc}") from exc
         problem = self._problem(fresh)

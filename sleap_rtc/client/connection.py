@@ -177,6 +177,25 @@ class WorkerConnection:
         assert isinstance(answer, paths_pb2.PathCheckResult)
         return answer
 
+    async def list_directory(
+        self,
+        path: str = "",
+        *,
+        page_token: str = "",
+        page_size: int = 0,
+        timeout_s: float | None = None,
+    ) -> paths_pb2.DirectoryList:
+        """One page of a folder of the worker's shared storage (the mount roots for "").
+
+        Needs the ``browse`` feature (protocol 1.2): without it the session
+        raises SessionMisuse before anything is sent. A folder outside the
+        mounts is answered with a RemoteError (FORBIDDEN) naming it.
+        """
+        body = paths_pb2.DirectoryListRequest(path=path, page_token=page_token, page_size=page_size)
+        answer = await self.request(body, timeout_s=timeout_s)
+        assert isinstance(answer, paths_pb2.DirectoryList)
+        return answer
+
     async def submit(
         self,
         job_id: str,

@@ -285,7 +285,7 @@ class PresubmissionFlow:
         attach), so it is checked and submitted.
         """
         ack = conn.session.hello_ack
-        if ack is None or "attach" not in ack.features:
+        if ack is None or Feature.ATTACH not in ack.features:
             return None  # a worker without attach: a repeated submit is still safe
         try:
             return await conn.attach(job_id, 0, timeout_s=self.timeouts.control_s)

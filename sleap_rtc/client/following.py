@@ -56,6 +56,7 @@ from sleap_rtc.client.results import (
     lost_following_result,
 )
 from sleap_rtc.client.timeouts import FlowTimeouts
+from sleap_rtc_proto.bodies import Feature
 from sleap_rtc_proto.v1 import error_pb2, job_pb2
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ async def answer_or_lost(
     """
     task: asyncio.Future[T] = asyncio.ensure_future(request)
     ack = conn.session.hello_ack
-    if timeouts.probe_after_s <= 0 or ack is None or "attach" not in ack.features:
+    if timeouts.probe_after_s <= 0 or ack is None or Feature.ATTACH not in ack.features:
         return await task
     probe = probe_id or probe_job_id()
     try:

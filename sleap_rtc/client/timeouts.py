@@ -34,6 +34,9 @@ class FlowTimeouts:
     idle_s: float = 300.0
     #: How often the progress loop looks at stop requests.
     tick_s: float = 0.1
+    #: How long a browser login may take in all (the user's part and the token's
+    #: check) before the flow ends with "Login required. Please try again.".
+    login_s: float = 120.0
 
     @property
     def silence_s(self) -> float:

@@ -274,10 +274,18 @@ def fixed_token(settings: ClientSettings, token: str) -> AuthCheck:
     return AuthCheck(get_token=lambda: token, login=lambda: None, room=settings.room)
 
 
-def stored_login(settings: ClientSettings, token: str | None = None) -> AuthCheck:
-    """The login check for the API: ``token``, else the stored one, else the browser login."""
+def stored_login(
+    settings: ClientSettings, token: str | None = None, *, login_timeout_s: float | None = None
+) -> AuthCheck:
+    """The login check for the API: ``token``, else the stored one, else the browser login.
+
+    The browser login is given up after ``login_timeout_s`` (``FlowTimeouts.login_s``,
+    120 s, by default): a refused or abandoned login then ends the flow with
+    "Login required. Please try again." instead of waiting on.
+    """
     from sleap_rtc.auth.store import resolve_token
     from sleap_rtc.client.auth import AuthCheck
+    from sleap_rtc.client.timeouts import FlowTimeouts
 
     stored = (
         token
@@ -288,10 +296,13 @@ def stored_login(settings: ClientSettings, token: str | None = None) -> AuthChec
     async def browser_login() -> str | None:
         from sleap_rtc.client.login import login
 
-        record = await login(settings.server, room=settings.room)
+        record = await login(settings.server, room=settings.room, timeout=bound)
         return record.token
 
-    return AuthCheck(get_token=lambda: stored, login=browser_login, room=settings.room)
+    bound = FlowTimeouts().login_s if login_timeout_s is None else login_timeout_s
+    return AuthCheck(
+        get_token=lambda: stored, login=browser_login, room=settings.room, login_timeout_s=bound
+    )
 
 
 def build_flow(

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import posixpath
 from collections.abc import Callable
 
 from qtpy import QtCore, QtWidgets
 
 from sleap_rtc.client.views import CheckView, Resolution
+from sleap_rtc.gui.browser import Lister, WorkerBrowser
 from sleap_rtc.gui.pathmodel import PathModel, suggestion_text
 from sleap_rtc.gui.threads import GuiCall
 
@@ -48,6 +50,7 @@ class PathResolutionDialog(QtWidgets.QDialog):
         view: CheckView,
         *,
         checker: Checker | None = None,
+        lister: Lister | None = None,
         parent: QtWidgets.QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -55,6 +58,9 @@ class PathResolutionDialog(QtWidgets.QDialog):
         self.setWindowTitle("Run Remotely - paths on the worker")
         self.model = PathModel(view)
         self.checker = checker
+        self.lister = lister
+        #: The storage browser while it is open (tests drive it).
+        self.browser: WorkerBrowser | None = None
         #: The mappings of the last check sent from this dialog (what Continue returns).
         self.sent = Resolution()
         #: The user's answer once closed: a Resolution, or None (cancelled).
@@ -88,8 +94,7 @@ class PathResolutionDialog(QtWidgets.QDialog):
 
         self.browse_button = QtWidgets.QPushButton("Browse worker…")
         self.browse_button.setObjectName("browseButton")
-        self.browse_button.setEnabled(False)
-        self.browse_button.setToolTip(BROWSE_UNAVAILABLE)
+        self.browse_button.clicked.connect(self.browse)
         self.check_button = QtWidgets.QPushButton("Check on worker")
         self.check_button.setObjectName("checkOnWorkerButton")
         self.check_button.clicked.connect(self.check_on_worker)
@@ -173,6 +178,11 @@ class PathResolutionDialog(QtWidgets.QDialog):
         self.continue_button.setEnabled(self.model.can_continue and not busy)
         self.check_button.setEnabled(bool(self.model.missing) and self.checker is not None
                                      and not busy)
+        can_browse = self.lister is not None and self.lister.available
+        self.browse_button.setEnabled(can_browse and bool(self.model.missing) and not busy)
+        self.browse_button.setToolTip(
+            "Pick the selected (or first) missing path's file on the worker's storage."
+            if can_browse else BROWSE_UNAVAILABLE)
 
     def _edited(self, row: int, text: str) -> None:
         if self._filling:
@@ -195,6 +205,31 @@ class PathResolutionDialog(QtWidgets.QDialog):
         self._fill()
         self.status.setText(f"Rule applied to {count} path(s): press Check on worker.")
         return count
+
+    def browse_row(self) -> int | None:
+        """The row Browse fills: the selected missing row, else the first missing one."""
+        missing = [i for i, r in enumerate(self.model.rows) if not r.found]
+        current = self.table.currentRow()
+        return current if current in missing else (missing[0] if missing else None)
+
+    def browse(self) -> None:
+        """Open the worker's storage; the picked file becomes the row's choice."""
+        row = self.browse_row()
+        if self.lister is None or not self.lister.available or row is None:
+            return
+        choice = self.model.rows[row].choice
+        start = posixpath.dirname(choice) if choice.startswith("/") else ""
+        browser = WorkerBrowser(self.lister, start, parent=self)
+        self.browser = browser
+
+        def picked(code: int) -> None:
+            if code == QtWidgets.QDialog.DialogCode.Accepted and browser.chosen:
+                self.model.set_choice(row, browser.chosen)
+                self._fill()
+                self.status.setText(f"Picked {browser.chosen}: press Check on worker.")
+
+        browser.finished.connect(picked)
+        browser.open()  # never exec(): the Qt loop keeps running
 
     def update_view(self, view: CheckView) -> None:
         """The worker's new answer (a later round of the flow, or an in-place check)."""
@@ -252,6 +287,8 @@ class QtResolver:
         self.gui = gui
         self.parent = parent
         self.checker = checker
+        #: Lists the worker's storage for Browse (None: Browse stays disabled).
+        self.lister: Lister | None = None
         self.dialog: PathResolutionDialog | None = None
         #: Called on the Qt thread with each dialog shown (tests, screenshots).
         self.on_shown: Callable[[PathResolutionDialog], None] | None = None
@@ -261,7 +298,8 @@ class QtResolver:
         return self.dialog is None or self.dialog.remember.isChecked()
 
     def _show(self, view: CheckView, done: concurrent.futures.Future[Resolution | None]) -> None:
-        dialog = PathResolutionDialog(view, checker=self.checker, parent=self.parent)
+        dialog = PathResolutionDialog(view, checker=self.checker, lister=self.lister,
+                                      parent=self.parent)
         self.dialog = dialog
         def finished(_code: int) -> None:
             if not done.done():

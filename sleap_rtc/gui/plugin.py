@@ -12,6 +12,7 @@ Run is. A dialog without the hook points (``run_button``,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
 from collections.abc import Callable
@@ -21,8 +22,18 @@ from qtpy import QtCore, QtWidgets
 
 from sleap_rtc.client.flow import PresubmissionFlow
 from sleap_rtc.client.resolve import PrefixStore
+from sleap_rtc.client.results import LOGIN_REQUIRED
 from sleap_rtc.gui.configs import dialog_configs
+from sleap_rtc.gui.loginctl import LoginControl
 from sleap_rtc.gui.remote import FlowFactory, RemoteRun
+from sleap_rtc.gui.workerlist import (
+    Discover,
+    WorkerDiscovery,
+    no_worker_hint,
+    settings_discover,
+    worker_text,
+)
+from sleap_rtc.signaling.client import PeerInfo
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +55,10 @@ def settings_flow(room: str, worker: str) -> FlowFactory:
         from sleap_rtc.config.client import load, with_overrides
 
         settings = with_overrides(load(), room=room or None, worker=worker or None)
-        return build_flow(settings, stored_login(settings), client_name="sleap-rtc gui",
-                          worker_id=worker or None, timeouts=FlowTimeouts(), **kw)
+        timeouts = FlowTimeouts()
+        return build_flow(settings, stored_login(settings, login_timeout_s=timeouts.login_s),
+                          client_name="sleap-rtc gui", worker_id=worker or None,
+                          timeouts=timeouts, **kw)
 
     return make
 
@@ -53,7 +66,9 @@ def settings_flow(room: str, worker: str) -> FlowFactory:
 class RemotePanel(QtWidgets.QGroupBox):
     """Room, worker and login state; choices persist (QSettings)."""
 
-    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+    def __init__(self, parent: QtWidgets.QWidget | None = None,
+                 discover: Discover | None = None,
+                 login: LoginControl | None = None) -> None:
         super().__init__("Run remotely (sleap-rtc)", parent)
         self.setObjectName("remotePanel")
         self.settings = QtCore.QSettings("sleap-rtc", "gui")
@@ -68,13 +83,108 @@ class RemotePanel(QtWidgets.QGroupBox):
         self.message = QtWidgets.QLabel("")
         self.message.setObjectName("remoteMessage")
         self.message.setWordWrap(True)
+        self.workers = QtWidgets.QComboBox()
+        self.workers.setObjectName("workerList")
+        self.workers.setToolTip("The room's workers (status and GPU from discovery).")
+        self.workers.activated.connect(self._picked)
+        self.refresh_button = QtWidgets.QPushButton("Refresh")
+        self.refresh_button.setObjectName("refreshWorkersButton")
+        self.refresh_button.clicked.connect(self.refresh)
+        self.hint = QtWidgets.QLabel("")
+        self.hint.setObjectName("workerHint")
+        self.hint.setWordWrap(True)
+        self.hint.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.hint.setVisible(False)
+        listing = QtWidgets.QHBoxLayout()
+        listing.addWidget(self.workers, 1)
+        listing.addWidget(self.refresh_button)
         form = QtWidgets.QFormLayout(self)
         form.addRow("Room:", self.room)
         form.addRow("Worker:", self.worker)
-        form.addRow("Login:", self.login)
+        form.addRow("Workers:", listing)
+        form.addRow(self.hint)
+        self.login_button = QtWidgets.QPushButton("Log in")
+        self.login_button.setObjectName("loginButton")
+        self.login_button.setToolTip("Log in to the room in the browser (sleap-rtc login).")
+        self.login_button.clicked.connect(self.log_in)
+        self.logout_button = QtWidgets.QPushButton("Log out")
+        self.logout_button.setObjectName("logoutButton")
+        self.logout_button.clicked.connect(self.log_out)
+        login_row = QtWidgets.QHBoxLayout()
+        login_row.addWidget(self.login, 1)
+        login_row.addWidget(self.login_button)
+        login_row.addWidget(self.logout_button)
+        form.addRow("Login:", login_row)
         form.addRow(self.message)
         self.room.editingFinished.connect(self.save)
         self.worker.editingFinished.connect(self.save)
+        self.discovery = WorkerDiscovery(discover or settings_discover, self)
+        self.discovery.listed.connect(self._listed)
+        #: The workers of the last refresh.
+        self.peers: list[PeerInfo] = []
+        self.login_control = login or LoginControl()
+        self.login_control.setParent(self)
+        self.login_control.finished.connect(self._logged_in)
+
+    def log_in(self) -> None:
+        """Start the browser login off the Qt thread; pressed again, cancel it."""
+        if self.login_control.running:
+            self.login_control.cancel()
+            return
+        self.login.setText("logging in: finish in the browser…")
+        self.login_button.setText("Cancel login")
+        self.login_control.start(self.room.text().strip())
+
+    def _logged_in(self, outcome: object) -> None:
+        self.login_button.setText("Log in")
+        if outcome is None:
+            self.login.setText("logged in")
+        elif isinstance(outcome, asyncio.CancelledError):
+            self.login.setText("login cancelled; not logged in")
+        else:
+            self.login.setText(f"{LOGIN_REQUIRED} ({outcome})")
+
+    def log_out(self) -> None:
+        had = self.login_control.logout(self.room.text().strip())
+        self.login.setText("logged out" if had else "not logged in (sleap-rtc login)")
+
+    def refresh(self) -> None:
+        """List the room's workers off the Qt thread (the answer fills the list)."""
+        self.refresh_button.setEnabled(False)
+        self.workers.clear()
+        self.workers.addItem("Looking for workers…")
+        self.discovery.refresh(self.room.text().strip())
+
+    def _listed(self, answer: object) -> None:
+        self.refresh_button.setEnabled(True)
+        self.workers.clear()
+        if isinstance(answer, BaseException):
+            self.peers = []
+            reason = str(answer) or type(answer).__name__
+            self.workers.addItem("(could not list the workers)")
+            self.hint.setText(f"Could not list the room's workers: {reason}")
+            self.hint.setVisible(True)
+            return
+        self.peers = list(answer)  # type: ignore[call-overload]
+        for peer in self.peers:
+            self.workers.addItem(worker_text(peer), peer.name)
+        if not self.peers:
+            self.workers.addItem("(no worker in this room)")
+        self.hint.setText("" if self.peers else no_worker_hint(self.room.text().strip()))
+        self.hint.setVisible(not self.peers)
+        wanted = self.worker.text().strip()
+        names = [p.name for p in self.peers]
+        ids = [p.peer_id for p in self.peers]
+        if wanted in names or wanted in ids:
+            index = names.index(wanted) if wanted in names else ids.index(wanted)
+            self.workers.setCurrentIndex(index)
+
+    def _picked(self, index: int) -> None:
+        name = self.workers.itemData(index)
+        if name:
+            self.workers.setCurrentIndex(index)
+            self.worker.setText(str(name))
+            self.save()
 
     def save(self) -> None:
         self.settings.setValue("room", self.room.text().strip())
@@ -110,7 +220,8 @@ class RemoteAttachment(QtCore.QObject):
 
     def __init__(self, dialog: Any, make_flow: FlowFactory | None,
                  store: PrefixStore | None, overrides: dict[str, Any],
-                 on_run: Callable[[RemoteRun], None] | None) -> None:
+                 on_run: Callable[[RemoteRun], None] | None,
+                 discover: Discover | None = None) -> None:
         super().__init__(dialog)
         self.dialog = dialog
         self.make_flow = make_flow
@@ -118,7 +229,7 @@ class RemoteAttachment(QtCore.QObject):
         self.overrides = overrides
         self.on_run = on_run
         self.run: RemoteRun | None = None
-        self.panel = RemotePanel(dialog)
+        self.panel = RemotePanel(dialog, discover)
         self.button = QtWidgets.QPushButton("Run Remotely…")
         self.button.setObjectName("runRemotelyButton")
         self.button.setToolTip("Train on a lab GPU worker through sleap-rtc.")
@@ -132,6 +243,8 @@ class RemoteAttachment(QtCore.QObject):
         self.mirror = _EnabledMirror(run_button, self.button)
         self.button.show()  # added while the dialog is being shown: show them with it
         self.panel.show()
+        if discover is not None or make_flow is None:  # an injected flow lists nothing by itself
+            self.panel.refresh()
 
     def run_remotely(self) -> RemoteRun | None:
         if self.run is not None and self.run.running:
@@ -164,11 +277,13 @@ def missing_hook_points(dialog: Any) -> list[str]:
 
 def attach(dialog: Any, *, make_flow: FlowFactory | None = None,
            store: PrefixStore | None = None, overrides: dict[str, Any] | None = None,
-           on_run: Callable[[RemoteRun], None] | None = None) -> RemoteAttachment | None:
+           on_run: Callable[[RemoteRun], None] | None = None,
+           discover: Discover | None = None) -> RemoteAttachment | None:
     """Add the remote panel and Run Remotely… to one LearningDialog (once).
 
     ``make_flow`` replaces the settings-based connection (tests, embedding);
-    ``overrides`` go to every model's TrainJobSpec (e.g. ``max_epochs``).
+    ``overrides`` go to every model's TrainJobSpec (e.g. ``max_epochs``);
+    ``discover`` replaces the panel's worker discovery (the signaling server).
     Returns the attachment, or None when the dialog lacks a hook point (warned).
     """
     existing = getattr(dialog, _ATTACHED, None)
@@ -180,7 +295,8 @@ def attach(dialog: Any, *, make_flow: FlowFactory | None = None,
             warnings.warn(f"sleap-rtc: this SLEAP training dialog has no {', '.join(missing)}; "
                           "Run Remotely is not added.", RuntimeWarning, stacklevel=2)
         return None
-    attachment = RemoteAttachment(dialog, make_flow, store, dict(overrides or {}), on_run)
+    attachment = RemoteAttachment(dialog, make_flow, store, dict(overrides or {}), on_run,
+                                  discover)
     setattr(dialog, _ATTACHED, attachment)
     return attachment
 

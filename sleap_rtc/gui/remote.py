@@ -35,6 +35,7 @@ from sleap_rtc.gui.configs import ModelConfig
 from sleap_rtc.gui.pathdialog import Checker, PathResolutionDialog, QtResolver
 from sleap_rtc.gui.progress import CancelWatch, make_lossviewer, viewer_ports
 from sleap_rtc.gui.threads import FlowThread, GuiCall
+from sleap_rtc_proto.bodies import Feature
 from sleap_rtc_proto.v1 import job_pb2, paths_pb2
 
 __all__ = ["FlowFactory", "GatedStore", "RemoteRun", "failure_text", "rejection_text"]
@@ -80,6 +81,23 @@ def failure_text(result: FlowResult, config_hint: str = "config.yaml") -> str:
                   f"sleap-rtc train {shlex.quote(config_hint)} {shlex.quote(result.labels_path)} "
                   f"--resume {shlex.quote(run_dir + '/best.ckpt')}"]
     return "\n".join(lines)
+
+
+class _FlowLister:
+    """Browse's lister: the flow's open connection, on the flow's thread."""
+
+    def __init__(self, run: RemoteRun, flow: PresubmissionFlow) -> None:
+        self.run, self.flow = run, flow
+
+    @property
+    def available(self) -> bool:
+        conn = self.flow.connection
+        ack = conn.session.hello_ack if conn is not None else None
+        return ack is not None and Feature.BROWSE in ack.features
+
+    def __call__(self, path: str, page_token: str) -> Any:
+        assert self.run.flow_thread is not None
+        return self.run.flow_thread.submit(self.run._list(self.flow, path, page_token))
 
 
 def _remember_of(resolver: QtResolver) -> Callable[[], bool]:
@@ -219,6 +237,7 @@ class RemoteRun(QtCore.QObject):
 
             flow = self.make_flow(resolver=resolver, store=store, on_accepted=on_accepted)
             resolver.checker = self._checker_for(flow)
+            resolver.lister = _FlowLister(self, flow)
             bridge = LossViewerBridge(publish_port=publish_port,
                                       controller_port=controller_port,
                                       on_stop=flow.request_stop)
@@ -262,6 +281,14 @@ class RemoteRun(QtCore.QObject):
         return CheckView.from_result(answer, path_mappings=mappings, prefix_mappings=prefixes,
                                      mounts=conn.session.mounts, attempt=view.attempt,
                                      worker_id=view.worker_id)
+
+    async def _list(self, flow: PresubmissionFlow, path: str,
+                    page_token: str) -> paths_pb2.DirectoryList:
+        conn = flow.connection
+        if conn is None:
+            raise RuntimeError("the connection to the worker is closed")
+        return await conn.list_directory(path, page_token=page_token,
+                                         timeout_s=flow.timeouts.check_s)
 
     async def _cancel_remote(self, job_id: str) -> None:
         flow = self._flow

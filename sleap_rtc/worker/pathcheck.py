@@ -37,6 +37,7 @@ from sleap_rtc.worker.index import FileIndex
 from sleap_rtc.worker.mounts import MountPolicy, NotAbsolute, Unresolvable
 from sleap_rtc.worker.slp import SlpError, SlpErrorReason, VideoRef, read_video_refs
 from sleap_rtc.worker.suggest import Finder
+from sleap_rtc_proto.bodies import Feature
 from sleap_rtc_proto.v1 import paths_pb2
 
 __all__ = [
@@ -156,7 +157,7 @@ class PathChecker:
         labels = self._probe_client(labels_cp, mapper, None, cache, refused)
         entry.worker_path, entry.status, entry.detail = labels.path, labels.status, labels.detail
         if labels.status != paths_pb2.PATH_STATUS_FOUND:
-            wanted = features is None or "labels_suggestions" in features
+            wanted = features is None or Feature.LABELS_SUGGESTIONS in features
             if labels.status in _UNRESOLVED and wanted:
                 limit = min(request.max_suggestions or self.max_suggestions, MAX_SUGGESTIONS)
                 finder = Finder(self.policy, self.index, "", cache, known)

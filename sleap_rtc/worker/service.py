@@ -47,6 +47,7 @@ from google.protobuf.message import Message
 
 from sleap_rtc import __version__
 from sleap_rtc.transport.link import Link
+from sleap_rtc.worker.browse import list_directory
 from sleap_rtc.worker.confine import probe as probe_confinement
 from sleap_rtc.worker.connection import Connection
 from sleap_rtc.worker.events import (
@@ -69,6 +70,7 @@ from sleap_rtc.worker.serviceconfig import WorkerConfig, session_verifier
 from sleap_rtc.worker.session import WorkerInfo, WorkerSession
 from sleap_rtc.worker.trainer import TrainerRun
 from sleap_rtc.worker.zmqprogress import ProgressUpdate
+from sleap_rtc_proto.bodies import Feature
 from sleap_rtc_proto.stream import ByteBudget
 from sleap_rtc_proto.v1 import error_pb2, job_pb2, paths_pb2, progress_pb2
 
@@ -313,6 +315,7 @@ class WorkerService:
             "job_submit": self._submit,
             "job_control": self._control,
             "job_attach": self._attach,
+            "directory_list_request": self._browse_requested,
         }
 
     def _path_check_requested(self, conn: Connection, cid: int, body: Message) -> None:
@@ -347,6 +350,51 @@ class WorkerService:
             )
         else:
             conn.reply(cid, result)
+
+    def _browse_requested(self, conn: Connection, cid: int, body: Message) -> None:
+        assert isinstance(body, paths_pb2.DirectoryListRequest)
+        if Feature.BROWSE not in conn.features:
+            conn.reply_error(
+                cid,
+                make_error(
+                    error_pb2.ERROR_CODE_UNEXPECTED,
+                    "directory_list_request needs the browse feature, not agreed in the handshake",
+                ),
+            )
+        elif len(conn.tasks) >= self.config.max_path_checks:
+            conn.reply_error(
+                cid,
+                make_error(
+                    error_pb2.ERROR_CODE_BUSY,
+                    "too many path checks and listings in flight on this connection",
+                    retryable=True,
+                ),
+            )
+        else:
+            conn.spawn(self._browse(conn, cid, body))
+
+    async def _browse(
+        self, conn: Connection, cid: int, request: paths_pb2.DirectoryListRequest
+    ) -> None:
+        try:
+            answer = await asyncio.to_thread(
+                functools.partial(
+                    list_directory,
+                    self.policy,
+                    request,
+                    disclose_roots=self.config.disclose_mounts,
+                )
+            )
+        except Exception as exc:
+            log.exception("directory listing failed")
+            answer = make_error(
+                error_pb2.ERROR_CODE_INTERNAL,
+                f"the listing failed on the worker: {type(exc).__name__}: {exc}",
+            )
+        if isinstance(answer, error_pb2.Error):
+            conn.reply_error(cid, answer)
+        else:
+            conn.reply(cid, answer)
 
     def _submit(self, conn: Connection, cid: int, body: Message) -> None:
         assert isinstance(body, job_pb2.JobSubmit)

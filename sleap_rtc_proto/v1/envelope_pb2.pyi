@@ -60,6 +60,8 @@ class Envelope(_message.Message):
     JOB_ATTACH_FIELD_NUMBER: _builtins.int
     JOB_STATUS_FIELD_NUMBER: _builtins.int
     JOB_PROGRESS_BATCH_FIELD_NUMBER: _builtins.int
+    DIRECTORY_LIST_REQUEST_FIELD_NUMBER: _builtins.int
+    DIRECTORY_LIST_FIELD_NUMBER: _builtins.int
     FRAGMENT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.int
     """message_id identifies this message within one connection and direction.
@@ -149,6 +151,16 @@ class Envelope(_message.Message):
         """
 
     @_builtins.property
+    def directory_list_request(self) -> _paths_pb2.DirectoryListRequest:
+        """directory_list_request asks the worker to list a folder of its shared
+        storage, only when both peers name the "browse" feature (since 1.2).
+        """
+
+    @_builtins.property
+    def directory_list(self) -> _paths_pb2.DirectoryList:
+        """directory_list answers a DirectoryListRequest (since 1.2)."""
+
+    @_builtins.property
     def fragment(self) -> Global___Fragment:
         """fragment is one piece of an encoded Envelope too large for one
         datachannel message.
@@ -177,13 +189,15 @@ class Envelope(_message.Message):
         job_attach: _job_pb2.JobAttach | None = ...,
         job_status: _job_pb2.JobStatus | None = ...,
         job_progress_batch: _progress_pb2.JobProgressBatch | None = ...,
+        directory_list_request: _paths_pb2.DirectoryListRequest | None = ...,
+        directory_list: _paths_pb2.DirectoryList | None = ...,
         fragment: Global___Fragment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "error", b"error", "fragment", b"fragment", "hello", b"hello", "hello_ack", b"hello_ack", "job_accepted", b"job_accepted", "job_attach", b"job_attach", "job_complete", b"job_complete", "job_control", b"job_control", "job_failed", b"job_failed", "job_log", b"job_log", "job_progress", b"job_progress", "job_progress_batch", b"job_progress_batch", "job_rejected", b"job_rejected", "job_status", b"job_status", "job_submit", b"job_submit", "path_check_request", b"path_check_request", "path_check_result", b"path_check_result", "version", b"version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "directory_list", b"directory_list", "directory_list_request", b"directory_list_request", "error", b"error", "fragment", b"fragment", "hello", b"hello", "hello_ack", b"hello_ack", "job_accepted", b"job_accepted", "job_attach", b"job_attach", "job_complete", b"job_complete", "job_control", b"job_control", "job_failed", b"job_failed", "job_log", b"job_log", "job_progress", b"job_progress", "job_progress_batch", b"job_progress_batch", "job_rejected", b"job_rejected", "job_status", b"job_status", "job_submit", b"job_submit", "path_check_request", b"path_check_request", "path_check_result", b"path_check_result", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "correlation_id", b"correlation_id", "error", b"error", "fragment", b"fragment", "hello", b"hello", "hello_ack", b"hello_ack", "job_accepted", b"job_accepted", "job_attach", b"job_attach", "job_complete", b"job_complete", "job_control", b"job_control", "job_failed", b"job_failed", "job_log", b"job_log", "job_progress", b"job_progress", "job_progress_batch", b"job_progress_batch", "job_rejected", b"job_rejected", "job_status", b"job_status", "job_submit", b"job_submit", "message_id", b"message_id", "path_check_request", b"path_check_request", "path_check_result", b"path_check_result", "sent_time_unix_nano", b"sent_time_unix_nano", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "correlation_id", b"correlation_id", "directory_list", b"directory_list", "directory_list_request", b"directory_list_request", "error", b"error", "fragment", b"fragment", "hello", b"hello", "hello_ack", b"hello_ack", "job_accepted", b"job_accepted", "job_attach", b"job_attach", "job_complete", b"job_complete", "job_control", b"job_control", "job_failed", b"job_failed", "job_log", b"job_log", "job_progress", b"job_progress", "job_progress_batch", b"job_progress_batch", "job_rejected", b"job_rejected", "job_status", b"job_status", "job_submit", b"job_submit", "message_id", b"message_id", "path_check_request", b"path_check_request", "path_check_result", b"path_check_result", "sent_time_unix_nano", b"sent_time_unix_nano", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "hello_ack", "error", "path_check_request", "path_check_result", "job_submit", "job_accepted", "job_rejected", "job_progress", "job_log", "job_complete", "job_failed", "job_control", "job_attach", "job_status", "job_progress_batch", "fragment"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "hello_ack", "error", "path_check_request", "path_check_result", "job_submit", "job_accepted", "job_rejected", "job_progress", "job_log", "job_complete", "job_failed", "job_control", "job_attach", "job_status", "job_progress_batch", "directory_list_request", "directory_list", "fragment"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

@@ -187,6 +187,30 @@ MAPPING_KIND_PREFIX: MappingKind.ValueType  # 2
 """MAPPING_KIND_PREFIX: PathCheckRequest.prefix_mappings."""
 Global___MappingKind: _TypeAlias = MappingKind  # noqa: Y015
 
+class _EntryKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENTRY_KIND_UNSPECIFIED: _EntryKind.ValueType  # 0
+    """ENTRY_KIND_UNSPECIFIED is invalid and never sent."""
+    ENTRY_KIND_FILE: _EntryKind.ValueType  # 1
+    """ENTRY_KIND_FILE: a regular file (or a symlink to one inside the mounts)."""
+    ENTRY_KIND_DIRECTORY: _EntryKind.ValueType  # 2
+    """ENTRY_KIND_DIRECTORY: a folder (or a symlink to one inside the mounts)."""
+
+class EntryKind(_EntryKind, metaclass=_EntryKindEnumTypeWrapper):
+    """EntryKind says what a directory entry is."""
+
+ENTRY_KIND_UNSPECIFIED: EntryKind.ValueType  # 0
+"""ENTRY_KIND_UNSPECIFIED is invalid and never sent."""
+ENTRY_KIND_FILE: EntryKind.ValueType  # 1
+"""ENTRY_KIND_FILE: a regular file (or a symlink to one inside the mounts)."""
+ENTRY_KIND_DIRECTORY: EntryKind.ValueType  # 2
+"""ENTRY_KIND_DIRECTORY: a folder (or a symlink to one inside the mounts)."""
+Global___EntryKind: _TypeAlias = EntryKind  # noqa: Y015
+
 @_typing.final
 class PathCheckRequest(_message.Message):
     """PathCheckRequest asks the worker to check a labels file and its videos.
@@ -596,3 +620,129 @@ class MappingRefusal(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MappingRefusal: _TypeAlias = MappingRefusal  # noqa: Y015
+
+@_typing.final
+class DirectoryListRequest(_message.Message):
+    """DirectoryListRequest asks the worker to list one folder of its shared
+    storage, so that a user can pick a worker path (protocol 1.2, feature
+    "browse"). Sent by the client after HelloAck. The worker lists only folders
+    that resolve inside its allowed mounts and answers DirectoryList, or Error
+    ERROR_CODE_FORBIDDEN naming the path when it resolves outside them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is the absolute worker folder to list. Empty means the mount roots
+    themselves (one DIRECTORY entry per root).
+    """
+    page_token: _builtins.str
+    """page_token continues a listing: the next_page_token of the previous
+    answer for the same path. Empty means the first page.
+    """
+    page_size: _builtins.int
+    """page_size is the most entries wanted in this answer. Unset (0) means the
+    worker's default (200); the worker serves at most 500 per page.
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        page_token: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectoryListRequest: _TypeAlias = DirectoryListRequest  # noqa: Y015
+
+@_typing.final
+class DirectoryEntry(_message.Message):
+    """DirectoryEntry is one name in a listed folder (1.2)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    MTIME_NS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """name is the entry's name inside the folder (the root's path for a root).
+    Required.
+    """
+    path: _builtins.str
+    """path is the entry's absolute worker path, ready for a path mapping or a
+    further DirectoryListRequest. Required.
+    """
+    kind: Global___EntryKind.ValueType
+    """kind is whether it is a file or a folder. Required."""
+    size: _builtins.int
+    """size is a file's size in bytes. Unset (0) for folders."""
+    mtime_ns: _builtins.int
+    """mtime_ns is the modification time (Unix epoch, nanoseconds). Unset (0)
+    means unknown.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        path: _builtins.str = ...,
+        kind: Global___EntryKind.ValueType = ...,
+        size: _builtins.int = ...,
+        mtime_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "mtime_ns", b"mtime_ns", "name", b"name", "path", b"path", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectoryEntry: _TypeAlias = DirectoryEntry  # noqa: Y015
+
+@_typing.final
+class DirectoryList(_message.Message):
+    """DirectoryList answers a DirectoryListRequest with one page of a folder
+    (1.2). Entries are folders first, then files, each by name. Symlinks that
+    lead out of the mounts, and names that cannot be examined, are left out.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is the listed folder, resolved on the worker. Empty for the mount
+    roots.
+    """
+    next_page_token: _builtins.str
+    """next_page_token asks for the next page. Empty means this is the last."""
+    total: _builtins.int
+    """total is how many entries the whole listing has, over all pages."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DirectoryEntry]:
+        """entries are this page's entries."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        entries: _abc.Iterable[Global___DirectoryEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token", "path", b"path", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectoryList: _TypeAlias = DirectoryList  # noqa: Y015
