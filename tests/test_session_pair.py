@@ -299,6 +299,11 @@ def test_a_request_needs_its_feature_and_version_in_effect(
     with pytest.raises(SessionMisuse, match="attach feature"):
         pair.client.request(job_pb2.JobAttach(job_id="j1"), now=0.0)
     assert pair.client.pending == {}
+    # A peer that sends it anyway is answered UNEXPECTED by the worker session itself.
+    cid, frames = pair.client._stream.send(job_pb2.JobAttach(job_id="j1"))
+    [refused] = pair.worker.receive(frames[0], 0.0)
+    assert isinstance(refused, ClientViolation) and refused.correlation_id == cid
+    assert refused.error.details["feature"] == "attach"
     # Pretend JobControl arrived in 1.1: a 1.0 connection may not send it, and a
     # worker that gets it anyway answers UNEXPECTED naming the version.
     row = bodies.ROWS["job_control"]

@@ -41,7 +41,11 @@ def hello(
     token: str = "good", lo: Version = SUPPORTED.min, hi: Version = SUPPORTED.max
 ) -> handshake_pb2.Hello:
     return handshake_pb2.Hello(
-        min_version=lo.to_proto(), max_version=hi.to_proto(), token=token, client_name="t"
+        min_version=lo.to_proto(),
+        max_version=hi.to_proto(),
+        token=token,
+        client_name="t",
+        features=["fragments", "attach"],
     )
 
 

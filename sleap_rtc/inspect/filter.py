@@ -132,13 +132,18 @@ def filter_capture(
     return kept, read
 
 
-def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    stream = sys.stdout if out is None else out
+def copy_to_output(args: argparse.Namespace) -> tuple[CaptureReader, int, int] | None:
+    """Copy the kept messages of ``args.captures`` to ``args.output``: (reader, kept, read).
+
+    None (after saying why) when the output would overwrite an input.
+
+    Raises:
+        CaptureError: the output cannot be written.
+    """
     output = Path(args.output)
-    inputs = {Path(p).resolve() for p in args.captures}
-    if output.resolve() in inputs:
+    if output.resolve() in {Path(p).resolve() for p in args.captures}:
         print("error: the output would overwrite an input capture", file=sys.stderr)
-        return 2
+        return None
     reader = open_reader(args, keep_frames=True)
     try:
         kept, read = filter_capture(reader, args, output)
@@ -146,5 +151,14 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         from sleap_rtc.capture.mcapio import CaptureError
 
         raise CaptureError(f"cannot write {output}: {exc.strerror or exc}") from None
-    stream.write(f"kept {kept} of {read} messages -> {output}\n")
+    return reader, kept, read
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    stream = sys.stdout if out is None else out
+    copied = copy_to_output(args)
+    if copied is None:
+        return 2
+    reader, kept, read = copied
+    stream.write(f"kept {kept} of {read} messages -> {args.output}\n")
     return report_problems(reader)

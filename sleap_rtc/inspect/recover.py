@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TextIO
 
-from sleap_rtc.inspect.common import add_input_arguments, open_reader, report_problems
-from sleap_rtc.inspect.filter import filter_capture
+from sleap_rtc.inspect.common import add_input_arguments, report_problems
+from sleap_rtc.inspect.filter import copy_to_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,17 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     stream = sys.stdout if out is None else out
-    output = Path(args.output)
-    if output.resolve() in {Path(p).resolve() for p in args.captures}:
-        print("error: the output would overwrite an input capture", file=sys.stderr)
+    copied = copy_to_output(args)
+    if copied is None:
         return 2
-    reader = open_reader(args, keep_frames=True)
-    try:
-        kept, _read = filter_capture(reader, args, output)
-    except OSError as exc:
-        from sleap_rtc.capture.mcapio import CaptureError
-
-        raise CaptureError(f"cannot write {output}: {exc.strerror or exc}") from None
+    reader, kept, _read = copied
+    output = args.output
     lost = sum(1 for p in reader.problems if p.fatal or p.lost)
     stream.write(
         f"recovered {kept} messages -> {output}"

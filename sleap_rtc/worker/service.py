@@ -70,7 +70,6 @@ from sleap_rtc.worker.serviceconfig import WorkerConfig, session_verifier
 from sleap_rtc.worker.session import WorkerInfo, WorkerSession
 from sleap_rtc.worker.trainer import TrainerRun
 from sleap_rtc.worker.zmqprogress import ProgressUpdate
-from sleap_rtc_proto.bodies import Feature
 from sleap_rtc_proto.stream import ByteBudget
 from sleap_rtc_proto.v1 import error_pb2, job_pb2, paths_pb2, progress_pb2
 
@@ -320,48 +319,33 @@ class WorkerService:
 
     def _path_check_requested(self, conn: Connection, cid: int, body: Message) -> None:
         assert isinstance(body, paths_pb2.PathCheckRequest)
-        if len(conn.tasks) >= self.config.max_path_checks:
-            conn.reply_error(
-                cid,
-                make_error(
-                    error_pb2.ERROR_CODE_BUSY,
-                    "too many path checks in flight on this connection",
-                    retryable=True,
-                ),
-            )
-        else:
-            conn.spawn(self._path_check(conn, cid, body))
-
-    async def _path_check(
-        self, conn: Connection, cid: int, request: paths_pb2.PathCheckRequest
-    ) -> None:
-        try:
-            result = await asyncio.to_thread(
-                functools.partial(self.checker.check, request, features=conn.features)
-            )
-        except Exception as exc:
-            log.exception("path check failed")
-            conn.reply_error(
-                cid,
-                make_error(
-                    error_pb2.ERROR_CODE_INTERNAL,
-                    f"the path check failed on the worker: {type(exc).__name__}: {exc}",
-                ),
-            )
-        else:
-            conn.reply(cid, result)
+        self._in_thread(
+            conn,
+            cid,
+            "the path check",
+            functools.partial(self.checker.check, body, features=conn.features),
+        )
 
     def _browse_requested(self, conn: Connection, cid: int, body: Message) -> None:
         assert isinstance(body, paths_pb2.DirectoryListRequest)
-        if Feature.BROWSE not in conn.features:
-            conn.reply_error(
-                cid,
-                make_error(
-                    error_pb2.ERROR_CODE_UNEXPECTED,
-                    "directory_list_request needs the browse feature, not agreed in the handshake",
-                ),
-            )
-        elif len(conn.tasks) >= self.config.max_path_checks:
+        self._in_thread(
+            conn,
+            cid,
+            "the listing",
+            functools.partial(
+                list_directory, self.policy, body, disclose_roots=self.config.disclose_mounts
+            ),
+        )
+
+    def _in_thread(
+        self, conn: Connection, cid: int, what: str, work: Callable[[], Message]
+    ) -> None:
+        """Answer request ``cid`` with ``work()`` run in a thread (file-system work).
+
+        At most ``max_path_checks`` run per connection; past it, Error BUSY. ``work``
+        may return an Error body (a typed refusal); an exception is answered INTERNAL.
+        """
+        if len(conn.tasks) >= self.config.max_path_checks:
             conn.reply_error(
                 cid,
                 make_error(
@@ -370,31 +354,23 @@ class WorkerService:
                     retryable=True,
                 ),
             )
-        else:
-            conn.spawn(self._browse(conn, cid, body))
+            return
 
-    async def _browse(
-        self, conn: Connection, cid: int, request: paths_pb2.DirectoryListRequest
-    ) -> None:
-        try:
-            answer = await asyncio.to_thread(
-                functools.partial(
-                    list_directory,
-                    self.policy,
-                    request,
-                    disclose_roots=self.config.disclose_mounts,
+        async def run() -> None:
+            try:
+                answer = await asyncio.to_thread(work)
+            except Exception as exc:
+                log.exception("%s failed", what)
+                answer = make_error(
+                    error_pb2.ERROR_CODE_INTERNAL,
+                    f"{what} failed on the worker: {type(exc).__name__}: {exc}",
                 )
-            )
-        except Exception as exc:
-            log.exception("directory listing failed")
-            answer = make_error(
-                error_pb2.ERROR_CODE_INTERNAL,
-                f"the listing failed on the worker: {type(exc).__name__}: {exc}",
-            )
-        if isinstance(answer, error_pb2.Error):
-            conn.reply_error(cid, answer)
-        else:
-            conn.reply(cid, answer)
+            if isinstance(answer, error_pb2.Error):
+                conn.reply_error(cid, answer)
+            else:
+                conn.reply(cid, answer)
+
+        conn.spawn(run())
 
     def _submit(self, conn: Connection, cid: int, body: Message) -> None:
         assert isinstance(body, job_pb2.JobSubmit)

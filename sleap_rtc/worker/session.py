@@ -315,6 +315,18 @@ class WorkerSession:
                     ),
                 )
             ]
+        if row.feature is not None and row.feature not in self.features:
+            return [
+                self._violation(
+                    mid,
+                    make_error(
+                        error_pb2.ERROR_CODE_UNEXPECTED,
+                        f"{row.name} needs the {row.feature!s} feature, which was not agreed "
+                        "in the handshake",
+                        details={"body": row.name, "feature": str(row.feature)},
+                    ),
+                )
+            ]
         if isinstance(body, job_pb2.JobSubmit):
             # Rule violations of a submit are answered with JobRejected (job.proto).
             violations = submit_violations(body, max_config_bytes=self.info.max_config_bytes)
