@@ -4,7 +4,8 @@
    handshake, path checks and submits, then mostly JobProgress with some
    JobLog, a few Errors, fragmented path check results and legacy frames).
 2. Times ``inspect cat --json`` over it (bar: at least 100,000 messages/s).
-3. Times the recorder's overhead per message: ``RecordingLink.send`` against
+3. Times what the generated encoders buy (the same with them switched off).
+4. Times the recorder's overhead per message: ``RecordingLink.send`` against
    the bare in-memory link (the caller's cost; writing happens on a thread).
 
 Run: ``python -m bench.inspect`` (``--messages N`` for a smaller run).
@@ -27,7 +28,7 @@ BAR_MSG_PER_S = 100_000
 
 def build_capture(path: Path, n: int) -> float:
     """Write an ``n``-message capture to ``path``; returns seconds taken."""
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
     from sleap_rtc.transport.link import memory_link_pair  # noqa: F401 - same import cost as real use
     from sleap_rtc_proto.stream import MessageStream
     from sleap_rtc_proto.v1 import (
@@ -160,10 +161,15 @@ def build_capture(path: Path, n: int) -> float:
     return time.perf_counter() - start
 
 
-def time_cat_json(path: Path, jobs: int = 1) -> tuple[int, float, int, float]:
-    """(messages, wall s, bytes of JSON, CPU s) of ``inspect cat --json`` over ``path``."""
-    from sleap_rtc.capture.reader import CaptureReader
+def time_cat_json(path: Path, jobs: int = 1, pair: bool = True) -> tuple[int, float, int, float]:
+    """(messages, wall s, bytes of JSON, CPU s) of ``inspect cat --json`` over ``path``.
+
+    ``pair=False`` leaves out linking requests and answers (to see what it costs).
+    """
+    from sleap_rtc.capture.read.headers import headers
+    from sleap_rtc.capture.read.reader import CaptureReader
     from sleap_rtc.inspect.cat import write_json
+    from sleap_rtc.inspect.pairing import NOT_REQUESTS, Linker, json_links
 
     class Sink(io.TextIOBase):
         size = 0
@@ -176,7 +182,15 @@ def time_cat_json(path: Path, jobs: int = 1) -> tuple[int, float, int, float]:
     cpu = time.process_time()
     start = time.perf_counter()
     reader = CaptureReader([path])
-    n = write_json(reader.json_batches(jobs), cast(TextIO, sink), 0)
+    if not pair:
+        batches = reader.json_batches(jobs)
+    elif jobs == 1:  # as ``cat --json`` does in one process: reading ahead from each request
+        batches = reader.json_batches(1, hook=Linker(reader))
+    else:  # and with --jobs N: a first pass over the headers pairs requests and answers
+        batches = reader.json_batches(
+            jobs, json_links(headers(reader.paths, reader.kinds, skip=NOT_REQUESTS))
+        )
+    n = write_json(batches, cast(TextIO, sink), 0)
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
     assert not reader.problems, reader.problems
@@ -185,7 +199,7 @@ def time_cat_json(path: Path, jobs: int = 1) -> tuple[int, float, int, float]:
 
 def time_recorder(n: int, tmp: Path) -> tuple[float, float, float]:
     """ns/message of send on a bare link, on a RecordingLink, and of the writer thread's work."""
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
     from sleap_rtc.transport.link import memory_link_pair
     from sleap_rtc_proto import codec
     from sleap_rtc_proto.v1 import progress_pb2
@@ -250,6 +264,46 @@ def time_recorder(n: int, tmp: Path) -> tuple[float, float, float]:
     return bare_ns, rec_ns, drain()
 
 
+def time_without_generated(path: Path) -> list[tuple[str, float]]:
+    """``cat --json`` msg/s (one process) as shipped, and with the generated encoders off.
+
+    What the three ``exec``-generated encoders buy, measured: (a) as shipped;
+    (b) without the wire-to-JSON fast path (``wirejson.compile_wire_json``):
+    every message decoded with upb and written by ``convert.compile_json``;
+    (c) without any generated code: ``json_format.MessageToDict`` and
+    ``json.dumps`` per message (what ``compile_converter``/``compile_json``
+    replace). (b) and (c) patch this process only.
+    """
+    import json
+
+    from google.protobuf import json_format
+
+    from sleap_rtc.capture.read.decode import LoadedSchema
+
+    def dict_of(_self: object, _descriptor: object) -> object:
+        return lambda m: json_format.MessageToDict(m, preserving_proto_field_name=True)
+
+    def json_of(_self: object, _descriptor: object) -> object:
+        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        return lambda m: dumps(json_format.MessageToDict(m, preserving_proto_field_name=True))
+
+    saved = (LoadedSchema.wire_bodies, LoadedSchema.converter, LoadedSchema.json_converter)
+    out = []
+    try:
+        n, elapsed, _, _ = time_cat_json(path)
+        out.append(("as shipped (wire fast path, generated encoders)", n / elapsed))
+        LoadedSchema.wire_bodies = lambda _self: None  # type: ignore[method-assign]
+        n, elapsed, _, _ = time_cat_json(path)
+        out.append(("without compile_wire_json (upb + compile_json)", n / elapsed))
+        LoadedSchema.converter = dict_of  # type: ignore[method-assign, assignment]
+        LoadedSchema.json_converter = json_of  # type: ignore[method-assign, assignment]
+        n, elapsed, _, _ = time_cat_json(path)
+        out.append(("without any generated code (json_format + json.dumps)", n / elapsed))
+    finally:
+        LoadedSchema.wire_bodies, LoadedSchema.converter, LoadedSchema.json_converter = saved  # type: ignore[method-assign]
+    return out
+
+
 def _verdict(rate: float) -> str:
     return "PASS" if rate >= BAR_MSG_PER_S else "BELOW BAR"
 
@@ -305,10 +359,23 @@ def main(argv: list[str] | None = None) -> int:
         else:
             n, elapsed, _, _ = time_cat_json(capture, default)
             default_rate = n / elapsed
+        small = tmp / "ablation.mcap"
+        build_capture(small, min(args.messages, 100_000))
+        figures = time_without_generated(small)
+        print(
+            "what the generated encoders buy (cat --json, one process, 100k messages): "
+            + "; ".join(f"{what} {r:,.0f} msg/s" for what, r in figures)
+        )
+        baseline = figures[-1][1]  # json_format + json.dumps, measured in this process
+        n, elapsed, _, _ = time_cat_json(capture, 1, pair=False)
+        unpaired = n / elapsed
         print(
             f"side by side: one process {rate:,.0f} msg/s, default mode ({default} process"
             f"{'es' if default > 1 else ''} on {jobs} CPUs at load {os.getloadavg()[0]:.1f}) "
-            f"{default_rate:,.0f} msg/s"
+            f"{default_rate:,.0f} msg/s; same-process baseline (json_format + json.dumps) "
+            f"{baseline:,.0f} msg/s = one process x{rate / baseline:.2f}, default "
+            f"x{default_rate / baseline:.2f}; one process without request/answer links "
+            f"{unpaired:,.0f} msg/s"
         )
         bare_ns, rec_ns, drain_ns = time_recorder(args.recorder_messages, tmp)
         print(

@@ -52,7 +52,7 @@ from sleap_rtc.config.client import load, with_overrides
 from sleap_rtc.jobs.spec import TrainJobSpec
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
 
 __all__ = [
     "FlowResult",

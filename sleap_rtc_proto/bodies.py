@@ -77,6 +77,9 @@ class Feature(StrEnum):
     CLIENT_FILE_FACTS = "client_file_facts"
     #: 1.2: DirectoryListRequest/DirectoryList (browse the worker's shared storage).
     BROWSE = "browse"
+    #: 1.2: ``scheduler`` (SchedulerJob) on job answers and events: the job's place
+    #: in the worker's batch scheduler (Slurm).
+    SCHEDULER = "scheduler"
 
 
 _V1_0 = Version(1, 0)
@@ -176,6 +179,7 @@ BODIES: tuple[BodySpec, ...] = (
         sender=Sender.WORKER,
         kind=Kind.ANSWER,
         answers=frozenset({"job_submit"}),
+        fields=(FieldFeature("scheduler", Feature.SCHEDULER, _V1_2),),
     ),
     BodySpec(
         name="job_rejected",
@@ -191,19 +195,25 @@ BODIES: tuple[BodySpec, ...] = (
         kind=Kind.JOB_EVENT,
     ),
     BodySpec(
-        name="job_log", message=progress_pb2.JobLog, sender=Sender.WORKER, kind=Kind.JOB_EVENT
+        name="job_log",
+        message=progress_pb2.JobLog,
+        sender=Sender.WORKER,
+        kind=Kind.JOB_EVENT,
+        fields=(FieldFeature("scheduler", Feature.SCHEDULER, _V1_2),),
     ),
     BodySpec(
         name="job_complete",
         message=progress_pb2.JobComplete,
         sender=Sender.WORKER,
         kind=Kind.JOB_EVENT,
+        fields=(FieldFeature("scheduler", Feature.SCHEDULER, _V1_2),),
     ),
     BodySpec(
         name="job_failed",
         message=progress_pb2.JobFailed,
         sender=Sender.WORKER,
         kind=Kind.JOB_EVENT,
+        fields=(FieldFeature("scheduler", Feature.SCHEDULER, _V1_2),),
     ),
     BodySpec(
         name="job_control",
@@ -226,6 +236,7 @@ BODIES: tuple[BodySpec, ...] = (
         sender=Sender.WORKER,
         kind=Kind.ANSWER,
         answers=frozenset({"job_control", "job_attach"}),
+        fields=(FieldFeature("scheduler", Feature.SCHEDULER, _V1_2),),
     ),
     BodySpec(
         name="job_progress_batch",
@@ -320,6 +331,43 @@ def features_for(version: Version, named: Iterable[str]) -> list[str]:
     """
     known = {str(f): since for f, since in FEATURE_SINCE.items()}
     return [name for name in named if name in known and known[name] <= version]
+
+
+def _holder(body: Message, path: str) -> tuple[Message, str] | None:
+    """The message holding the last field of dotted ``path`` and that field's name, when
+    every message on the way is set (singular message fields only: the table's paths)."""
+    *parents, leaf = path.split(".")
+    target = body
+    for name in parents:
+        if not target.HasField(name):
+            return None
+        target = getattr(target, name)
+    field = target.DESCRIPTOR.fields_by_name[leaf]
+    is_set = len(getattr(target, leaf)) > 0 if field.is_repeated else target.HasField(leaf)
+    return (target, leaf) if is_set else None
+
+
+def for_peer(body: Message, features: Iterable[str]) -> Message:
+    """``body`` as a peer with ``features`` in effect may see it: a copy with every
+    field of its row's :attr:`BodySpec.fields` whose feature is not in effect cleared
+    (``body`` itself when nothing needs clearing). The sender's half of
+    :class:`FieldFeature`'s promise, in one place."""
+    row = ROWS_BY_TYPE.get(body.DESCRIPTOR.full_name)
+    if row is None or not row.fields:
+        return body
+    agreed = set(features)
+    clear = [
+        f.field for f in row.fields if f.feature not in agreed and _holder(body, f.field)
+    ]
+    if not clear:
+        return body
+    copy = type(body)()
+    copy.CopyFrom(body)
+    for path in clear:
+        held = _holder(copy, path)
+        if held is not None:
+            held[0].ClearField(held[1])
+    return copy
 
 
 def validate(body: Message) -> list[rules.Violation]:

@@ -273,6 +273,18 @@ class Reassembler:
         self._drop(key)
         return bytes(partial.buf)
 
+    def pending_ids(self) -> list[int]:
+        """The fragmented message ids partly received, oldest first."""
+        return list(self._partials)
+
+    def abandon(self, fragmented_message_id: int) -> tuple[int, int] | None:
+        """Drop one partial message: (pieces received, pieces announced), or None if none."""
+        partial = self._partials.get(fragmented_message_id)
+        if partial is None:
+            return None
+        self._drop(fragmented_message_id)
+        return partial.received, partial.count
+
     def expire(self, now: float) -> list[FragmentError]:
         """Drop partial messages older than the timeout; one error for each."""
         errors = []

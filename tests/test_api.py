@@ -186,7 +186,7 @@ def test_default_wiring_fails_closed_when_the_server_is_unreachable(
 
 def test_check_paths_records_a_capture(lab: dict[str, Any]) -> None:
     """``capture=`` wraps every link the flow opens (here an injected one) in a recording."""
-    from sleap_rtc.capture.reader import CaptureReader
+    from sleap_rtc.capture.read.reader import CaptureReader
 
     path = lab["tmp"] / "check.mcap"
     result = api.check_paths(lab["labels"], connect=worker_connect(lab), timeouts=FAST,

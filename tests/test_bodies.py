@@ -117,3 +117,34 @@ def test_validate_dispatches_by_row() -> None:
     assert validate(job_pb2.JobAccepted()) == []
     assert validate(progress_pb2.JobProgress()) == []
     assert validate(spec_pb2.TrainJobSpec()) == []  # not a body: no row, no rules
+
+
+def test_for_peer_clears_fields_whose_feature_is_not_in_effect() -> None:
+    """The sender's half of FieldFeature: a peer without the feature never sees the field."""
+    from sleap_rtc_proto.v1 import scheduler_pb2
+
+    accepted = job_pb2.JobAccepted(
+        job_id="j", run_dir="/r", scheduler=scheduler_pb2.SchedulerJob(system="slurm", id="7")
+    )
+    old = bodies.for_peer(accepted, ["fragments", "attach"])
+    assert not old.HasField("scheduler") and old.job_id == "j" and old.run_dir == "/r"
+    assert accepted.HasField("scheduler")  # the original is untouched (other peers share it)
+    assert bodies.for_peer(accepted, ["scheduler"]) is accepted
+    plain = job_pb2.JobAccepted(job_id="j")
+    assert bodies.for_peer(plain, []) is plain  # nothing to clear: no copy
+    # A nested field (labels.suggestions) and a body without feature fields.
+    result = paths_pb2.PathCheckResult()
+    result.labels.original_path = "/x.slp"
+    result.labels.suggestions.add(worker_path="/y.slp")
+    cleared = bodies.for_peer(result, [])
+    assert len(cleared.labels.suggestions) == 0 and cleared.labels.original_path == "/x.slp"
+    assert len(bodies.for_peer(result, ["labels_suggestions"]).labels.suggestions) == 1
+    submit = job_pb2.JobSubmit(job_id="j")
+    assert bodies.for_peer(submit, []) is submit
+
+
+def test_scheduler_fields_are_in_the_table_for_every_job_answer_and_end() -> None:
+    rows = {r.name: r for r in BODIES}
+    for name in ("job_accepted", "job_status", "job_log", "job_complete", "job_failed"):
+        assert [f.field for f in rows[name].fields] == ["scheduler"], name
+    assert FEATURE_SINCE[Feature.SCHEDULER] == Version(1, 2)

@@ -17,11 +17,11 @@ from mcap.writer import CompressionType, Writer
 from test_inspect_support import session_capture
 
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.convert import compile_json, to_dict
-from sleap_rtc.capture.decode import SchemaProblem, load_schema
-from sleap_rtc.capture.mcapio import MAGIC, CaptureError
-from sleap_rtc.capture.reader import CaptureReader
-from sleap_rtc.capture.record import Record
+from sleap_rtc.capture.read.decode import SchemaProblem, load_schema
+from sleap_rtc.capture.read.mcapio import MAGIC, CaptureError
+from sleap_rtc.capture.read.reader import CaptureReader
+from sleap_rtc.capture.read.record import Record
+from sleap_rtc.capture.tojson.convert import compile_json, to_dict
 from sleap_rtc_proto import codec
 from sleap_rtc_proto.v1 import envelope_pb2, job_pb2, spec_pb2
 
@@ -325,7 +325,7 @@ def test_wrong_message_encoding(tmp_path: Path) -> None:
 def test_truncated_capture_gives_a_partial_result(tmp_path: Path) -> None:
     path = tmp_path / "s.mcap"
     writer_path = tmp_path / "big.mcap"
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
 
     writer = CaptureWriter(writer_path, background=False, chunk_size=4096, compression="none")
     session_capture(writer_path, progress=400, writer=writer)
@@ -341,7 +341,7 @@ def test_truncated_capture_gives_a_partial_result(tmp_path: Path) -> None:
 
 
 def test_corrupt_chunk_is_skipped_and_reported(tmp_path: Path) -> None:
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
 
     path = tmp_path / "c.mcap"
     writer = CaptureWriter(path, background=False, chunk_size=4096, compression="zstd")
@@ -524,7 +524,7 @@ def test_json_line_equals_to_json(tmp_path: Path) -> None:
 
 
 def test_reads_a_stream_of_rotated_parts(tmp_path: Path) -> None:
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
 
     writer = CaptureWriter(
         tmp_path / "r.mcap", max_bytes=64 * 1024, background=False, max_files=50, compression="none"
@@ -544,7 +544,7 @@ def test_reads_a_stream_of_rotated_parts(tmp_path: Path) -> None:
 
 
 def test_parallel_json_lines_equal_the_sequential_ones(tmp_path: Path) -> None:
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
 
     path = tmp_path / "p.mcap"
     writer = CaptureWriter(path, background=False, chunk_size=4096)

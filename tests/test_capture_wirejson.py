@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.decode import load_schema
-from sleap_rtc.capture.jsonlines import line_maker
-from sleap_rtc.capture.reader import CaptureReader
-from sleap_rtc.capture.wirejson import compile_wire_json
+from sleap_rtc.capture.read.decode import load_schema
+from sleap_rtc.capture.read.reader import CaptureReader
+from sleap_rtc.capture.tojson.jsonlines import line_maker
+from sleap_rtc.capture.tojson.wirejson import compile_wire_json
 from sleap_rtc_proto import codec
 
 GOLDEN = Path(__file__).parent / "golden" / "v1.0"
@@ -274,7 +274,7 @@ def test_golden_envelopes_take_the_fast_path_and_equal_the_record_line() -> None
 
 
 def test_json_lines_equal_record_lines_on_a_session(tmp_path: Path) -> None:
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
     from sleap_rtc_proto.v1 import progress_pb2
 
     path = tmp_path / "s.mcap"
@@ -297,7 +297,7 @@ def test_json_lines_equal_record_lines_on_a_session(tmp_path: Path) -> None:
 def test_mcap_library_reads_every_message_of_a_many_chunk_capture(tmp_path: Path) -> None:
     from mcap.reader import NonSeekingReader, make_reader
 
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
     from sleap_rtc_proto.v1 import progress_pb2
 
     path = tmp_path / "m.mcap"
@@ -331,7 +331,7 @@ def test_mcap_library_reads_every_message_of_a_many_chunk_capture(tmp_path: Path
 def test_each_compression_reads_back(tmp_path: Path, compression: str) -> None:
     from mcap.reader import make_reader
 
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
     from sleap_rtc_proto.v1 import progress_pb2
 
     path = tmp_path / f"{compression}.mcap"

@@ -27,6 +27,7 @@ from sleap_rtc_proto.v1 import (
     job_pb2,
     paths_pb2,
     progress_pb2,
+    scheduler_pb2,
     spec_pb2,
     version_pb2,
 )
@@ -191,6 +192,7 @@ def _future_classes() -> dict[str, type[Message]]:
         version_pb2,
         error_pb2,
         handshake_pb2,
+        scheduler_pb2,
         spec_pb2,
         job_pb2,
         paths_pb2,

@@ -189,3 +189,36 @@ def test_worker_config_error_is_its_own_kind_of_config_file_error(tmp_path: Path
     assert "limits.concurrency" in str(info.value)
     with pytest.raises(WorkerConfigError, match="invalid TOML"):
         wc.load(write(tmp_path, "room = \n"))
+
+
+def test_example_slurm_table_parses_to_its_settings() -> None:
+    settings = wc.parse(tomllib.loads(EXAMPLE.read_text()), EXAMPLE)
+    assert settings.backend == "local"
+    assert settings.slurm.partition == "gpu"
+    assert settings.slurm.gres == "gpu:1"
+    assert settings.slurm.extra_sbatch == ("--constraint=cuda12",)
+    assert settings.slurm.listen == "0.0.0.0:5570"
+    assert settings.slurm.poll_s == 5.0
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "words"),
+    [
+        ('[trainer]\nbackend = "k8s"', "trainer.backend", "local, slurm"),
+        ('[slurm]\npartition = "gpu\\n#SBATCH --uid=0"', "slurm.partition", "one word"),
+        ('[slurm]\nextra_sbatch = ["x"]', "slurm.extra_sbatch[0]", "one sbatch option"),
+        ('[slurm]\nextra_sbatch = ["--a\\n--b"]', "slurm.extra_sbatch[0]", "one sbatch option"),
+        ('[slurm]\nsetup = ["ok", "a\\nb"]', "slurm.setup[1]", "one line"),
+        ('[slurm]\nlisten = "5570"', "slurm.listen", "host:port"),
+        ('[slurm]\nworker_address = "head:99999"', "slurm.worker_address", "host:port"),
+        ("[slurm]\npoll_s = 0", "slurm.poll_s", "positive"),
+        ("[slurm]\ncpus_per_task = -1", "slurm.cpus_per_task", "at least 0"),
+        ('[slurm]\nparttion = "gpu"', "slurm.parttion", "unknown key"),
+    ],
+)
+def test_bad_slurm_settings_name_the_key(tmp_path: Path, table: str, key: str, words: str) -> None:
+    path = write(tmp_path, f'mounts = ["{tmp_path}"]\n{table}\n')
+    with pytest.raises(WorkerConfigError) as info:
+        wc.load(path)
+    assert key in str(info.value)
+    assert words in str(info.value)

@@ -81,7 +81,7 @@ def test_raw_fragments(capture: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_damaged_capture_prints_partial_output_and_where_it_stopped(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
 
     full = tmp_path / "full.mcap"
     writer = CaptureWriter(full, background=False, chunk_size=4096, compression="none")

@@ -17,7 +17,7 @@ import pytest
 from mcap.reader import make_reader
 from test_inspect_support import Clock, session_capture
 
-from sleap_rtc.capture.recorder import CaptureWriter
+from sleap_rtc.capture.write.recorder import CaptureWriter
 from sleap_rtc.cli.inspect_cmd import main
 
 

@@ -1,5 +1,5 @@
 """A capture of a real demo run (signaling, worker, WebRTC on loopback, stand-in trainer),
-decoded by `inspect cat`, `stats` and `timeline`."""
+decoded by `inspect cat`, `stats` and `timeline`; both sides' captures merged."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def demo_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
         SLEAP_RTC_CONFIG_DIR=str(tmp / "config"),
         SLEAP_RTC_STATE_DIR=str(tmp / "state"),
         TMPDIR=str(tmp),
+        # The demo's worker records its side too ($SLEAP_RTC_CAPTURE; the client: --capture).
+        SLEAP_RTC_CAPTURE=str(tmp / "worker.mcap"),
     )
     try:
         done = subprocess.run(
@@ -104,8 +106,8 @@ def test_filter_j_of_the_demo_keeps_every_job_message(
     the `mcap` library, an independent reader, checks the filtered file."""
     from mcap.reader import make_reader
 
-    from sleap_rtc.capture.reader import CaptureReader
-    from sleap_rtc.capture.record import Record
+    from sleap_rtc.capture.read.reader import CaptureReader
+    from sleap_rtc.capture.read.record import Record
 
     records = list(CaptureReader([demo_capture]).records())
     (job,) = {r.job_id for r in records if r.body == "job_submit"}
@@ -130,3 +132,34 @@ def test_filter_j_of_the_demo_keeps_every_job_message(
     assert names["sleap_rtc.capture"]["tokens"] == "redacted"
     assert main(["info", "--json", str(demo_capture)]) == 0
     assert job in json.loads(capsys.readouterr().out)["jobs"]
+
+
+def test_merge_of_the_demos_two_sides(
+    demo_capture: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The client's and the worker's captures of one real WebRTC connection, merged: matched
+    by the session key both wrote, every message once, both views, transit never negative."""
+    from sleap_rtc.capture.read.reader import CaptureReader
+
+    worker = demo_capture.parent / "worker.mcap"
+    assert worker.exists()
+    client_side = list(CaptureReader([demo_capture]).records())
+    worker_side = list(CaptureReader([worker]).records())
+    keys = {
+        r.channel.metadata.get("session_key")
+        for r in [*client_side, *worker_side]
+        if r.channel is not None
+    }
+    assert len(keys) == 1 and next(iter(keys))  # one key, the same on both sides
+    assert main(["merge", str(demo_capture), str(worker), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "matched by session" in captured.err
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(rows) >= max(len(client_side), len(worker_side))
+    both = [r for r in rows if r["sent_at"] and r["received_at"]]
+    assert len(both) >= min(len(client_side), len(worker_side)) - 2
+    # One machine, one clock: the estimated offset is small, and no message arrives early.
+    assert all(r["transit_ms"] > -5 for r in both)
+    times = [r["merged_time_ns"] for r in rows]
+    assert times == sorted(times)
+    assert rows[0]["body"] == "hello" and rows[0]["sent_at"]["side"] == "client"

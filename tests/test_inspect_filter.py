@@ -8,7 +8,7 @@ import pytest
 from mcap.reader import make_reader
 from test_inspect_support import session_capture
 
-from sleap_rtc.capture.reader import CaptureReader
+from sleap_rtc.capture.read.reader import CaptureReader
 from sleap_rtc.cli.inspect_cmd import main
 
 

@@ -21,7 +21,7 @@ from mcap.reader import make_reader
 from test_inspect_support import W2C, Clock, session_capture
 
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.recorder import CaptureWriter
+from sleap_rtc.capture.write.recorder import CaptureWriter
 from sleap_rtc.cli.inspect_cmd import main
 from sleap_rtc_proto.stream import MessageStream
 from sleap_rtc_proto.v1 import progress_pb2

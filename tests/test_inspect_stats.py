@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_inspect_support import session_capture
 
-from sleap_rtc.capture.record import Record
+from sleap_rtc.capture.read.record import Record
 from sleap_rtc.cli.inspect_cmd import main
 from sleap_rtc.inspect.stats import compute, percentile
 

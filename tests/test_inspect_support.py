@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sleap_rtc.capture.recorder import CaptureWriter
+from sleap_rtc.capture.write.recorder import CaptureWriter
 from sleap_rtc_proto.stream import MessageStream
 from sleap_rtc_proto.v1 import error_pb2, handshake_pb2, job_pb2, paths_pb2, progress_pb2, spec_pb2
 from sleap_rtc_proto.versions import CURRENT

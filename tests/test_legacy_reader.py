@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.legacy import (
+from sleap_rtc.capture.read.legacy import (
     legacy_split,
     looks_legacy,
     parse_frame,
     read_text_capture,
     split_line,
 )
-from sleap_rtc.capture.reader import CaptureReader
+from sleap_rtc.capture.read.reader import CaptureReader
 
 LEGACY = """\
 # a legacy session, as logged by the old client
@@ -119,7 +119,7 @@ def test_text_capture_in_the_same_table(tmp_path: Path) -> None:
 
 
 def test_binary_file_is_not_a_text_capture(tmp_path: Path) -> None:
-    from sleap_rtc.capture.mcapio import CaptureError
+    from sleap_rtc.capture.read.mcapio import CaptureError
 
     path = tmp_path / "blob.bin"
     path.write_bytes(b"JOB\x00\x01")

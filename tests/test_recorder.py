@@ -11,7 +11,12 @@ from mcap.reader import make_reader
 from test_inspect_support import TOKEN, Clock, session_capture
 
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.recorder import CaptureWriter, RecordingLink, capture_from_env, parse_size
+from sleap_rtc.capture.write.recorder import (
+    CaptureWriter,
+    RecordingLink,
+    capture_from_env,
+    parse_size,
+)
 from sleap_rtc.transport.link import memory_link_pair
 from sleap_rtc_proto import codec
 from sleap_rtc_proto.stream import MessageStream

@@ -1,20 +1,21 @@
 """Datachannel capture: an MCAP recorder and readers for the inspector.
 
-- :class:`CaptureWriter`, :class:`RecordingLink`, :func:`capture_from_env`
-  (:mod:`sleap_rtc.capture.recorder`) record frames with the schema embedded.
-- :class:`CaptureReader` (:mod:`sleap_rtc.capture.reader`) reads them back,
-  decoding with the schema stored in the file; it also reads plain-text
-  captures of the legacy ``TYPE::json`` frames (:mod:`sleap_rtc.capture.legacy`).
+Grouped by what it does:
 
-Writing: ``recorder`` (the writer, its thread, rotation; ``RecordingLink``),
-``classify`` (classify, redact, hold fragments), ``parts`` (one MCAP file of a
-capture), ``mcapwrite`` (the MCAP writer). Reading: ``mcapio`` (records of a
-file, damage reported), ``decode`` (schemas from the capture), ``convert``
-(json_format's dict and JSON), ``rawproto`` (unknown fields, decode_raw),
-``frames`` (a frame -> a record), ``fragments`` (reassembly), ``record`` (the
-record and its JSON line), ``legacy`` (all legacy ``TYPE::json`` knowledge), and the
-``cat --json`` fast path: ``wirejson`` (wire bytes -> JSON per message type),
-``jsonlines`` (chunks -> lines), ``parallel`` (``--jobs``).
+- :mod:`~sleap_rtc.capture.format`: the file contract (topics, encodings, the
+  raw-frame header, the capture's metadata and ``FORMAT_VERSION``, the schema).
+- :mod:`~sleap_rtc.capture.write`: writing. ``recorder`` (:class:`CaptureWriter`,
+  :class:`RecordingLink`, :func:`capture_from_env`), ``classify`` (classify,
+  redact, hold fragments) and ``parts`` (one MCAP file, written by the ``mcap``
+  library's writer).
+- :mod:`~sleap_rtc.capture.read`: reading. ``reader`` (:class:`CaptureReader`),
+  ``mcapio`` (the records of a file: damage, salvage, bounds), ``frames`` (a
+  frame -> a record; reassembly by the protocol's own reassembler), ``decode``
+  and ``rawproto`` (schemas from the capture, unknown fields), ``record`` (the
+  record and its JSON line), ``legacy`` (all legacy ``TYPE::json`` knowledge).
+- :mod:`~sleap_rtc.capture.tojson`: JSON. ``convert`` (json_format's dict and
+  JSON), and the ``cat --json`` fast path: ``wirejson`` (wire bytes -> JSON),
+  ``jsonlines`` (chunks -> lines), ``parallel`` (``--jobs``).
 
 Names are imported on first use, so ``import sleap_rtc.capture`` stays cheap.
 """
@@ -25,11 +26,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.mcapio import CaptureError, Problem
-    from sleap_rtc.capture.parts import Connection
-    from sleap_rtc.capture.reader import CaptureReader
-    from sleap_rtc.capture.record import Record
-    from sleap_rtc.capture.recorder import (
+    from sleap_rtc.capture.read.mcapio import CaptureError, Problem
+    from sleap_rtc.capture.read.reader import CaptureReader
+    from sleap_rtc.capture.read.record import Record
+    from sleap_rtc.capture.write.parts import Connection
+    from sleap_rtc.capture.write.recorder import (
         ENV_CAPTURE,
         CaptureWriter,
         RecordingLink,
@@ -37,15 +38,15 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
-    "CaptureError": "mcapio",
-    "Problem": "mcapio",
-    "CaptureReader": "reader",
-    "Record": "reader",
-    "ENV_CAPTURE": "recorder",
-    "CaptureWriter": "recorder",
-    "Connection": "recorder",
-    "RecordingLink": "recorder",
-    "capture_from_env": "recorder",
+    "CaptureError": "read.mcapio",
+    "Problem": "read.mcapio",
+    "CaptureReader": "read.reader",
+    "Record": "read.record",
+    "ENV_CAPTURE": "write.recorder",
+    "CaptureWriter": "write.recorder",
+    "Connection": "write.parts",
+    "RecordingLink": "write.recorder",
+    "capture_from_env": "write.recorder",
 }
 
 __all__ = [

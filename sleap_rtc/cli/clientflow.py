@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sleap_rtc.cli.exits import CliError, ExitCode
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
     from sleap_rtc.client.flow import PresubmissionFlow
     from sleap_rtc.client.following import ProgressSink
     from sleap_rtc.client.resolve import Resolver

@@ -1,4 +1,4 @@
-"""``sleap-rtc inspect``: read datachannel captures (info, cat, filter, recover, stats, timeline).
+"""``sleap-rtc inspect``: read datachannel captures (info, cat, merge, filter, recover, ...).
 
 Each verb is a small module in :mod:`sleap_rtc.inspect` with
 ``add_arguments(parser)`` and ``run(args) -> int``. Exit codes: 0 ok, 1 a
@@ -21,6 +21,7 @@ Plain-text captures of the legacy TYPE::json frames are read too.
 
   info      versions, peers, time span, message counts
   cat       one line per message (--json for JSON lines)
+  merge     the client's and the worker's captures of one connection as one view
   filter    keep some messages, write a smaller MCAP
   recover   copy what can be read of a damaged capture to a clean MCAP
   stats     counts and bytes per type and direction; request -> answer latency
@@ -30,6 +31,7 @@ Plain-text captures of the legacy TYPE::json frames are read too.
 _VERBS: dict[str, str] = {
     "info": "versions, peers, time span and counts of a capture",
     "cat": "print one line per message (or --json lines)",
+    "merge": "merge the client's and the worker's captures of one connection into one view",
     "filter": "write the selected messages to a smaller MCAP capture",
     "recover": "write what can be read of a damaged capture to a clean MCAP file",
     "stats": "counts, bytes and request -> answer latency percentiles",
@@ -41,7 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``inspect`` and its verbs on the ``sleap-rtc`` subparsers."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "inspect",
-        help="inspect datachannel captures (info, cat, filter, recover, stats, timeline)",
+        help="inspect datachannel captures (info, cat, merge, filter, recover, stats, timeline)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -56,7 +58,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _handler(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def handle(args: argparse.Namespace) -> int:
-        from sleap_rtc.capture.mcapio import CaptureError
+        from sleap_rtc.capture.read.mcapio import CaptureError
 
         try:
             return run(args)

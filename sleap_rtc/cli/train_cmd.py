@@ -185,6 +185,8 @@ async def _train(args: argparse.Namespace, settings: Any, token: str, content: s
     def accepted(view: Any) -> None:
         extra = " (the worker already had it: re-attached)" if view.duplicate else ""
         say(f"job {view.job_id} accepted{extra}; run folder on the worker: {view.run_dir}")
+        if view.scheduler is not None:
+            say(f"queued: {view.scheduler}")
         for warning in view.warnings:
             say(f"warning: {warning}")
 

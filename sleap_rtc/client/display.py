@@ -153,6 +153,10 @@ class TerminalProgress:
                 c.print(f"  epoch {self._epoch(p.epoch)} batch {p.batch + 1}: {metrics}")
             elif p.event == progress_pb2.PROGRESS_EVENT_TRAIN_END:
                 c.print("Training ended.")
+        elif isinstance(event, LogReceived) and event.log.HasField("scheduler"):
+            # The worker's batch scheduler moved the job (queued, running, ended).
+            for line in event.log.lines:
+                c.print(escape(line))
         elif isinstance(event, LogReceived) and self.show_logs:
             for line in event.log.lines:
                 c.print(f"[dim]{escape(line)}[/]")

@@ -58,6 +58,7 @@ from sleap_rtc.client.results import (
     FlowEnded,
     FlowResult,
     FlowStatus,
+    SchedulerView,
     checked_result,
     describe,
     error_result,
@@ -458,7 +459,7 @@ class PresubmissionFlow:
         if isinstance(answer, job_pb2.JobRejected):
             raise FlowEnded(rejected_result(checked, job_id, answer))
         return AcceptedView(answer.job_id or job_id, answer.run_dir, tuple(answer.warnings),
-                            answer.duplicate)
+                            answer.duplicate, SchedulerView.of(answer))
 
     async def _accepted(
         self,

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from sleap_rtc.client.views import CheckView
-from sleap_rtc_proto.v1 import job_pb2, progress_pb2
+from sleap_rtc_proto.v1 import job_pb2, progress_pb2, scheduler_pb2
 
 #: The seed's messages, exactly.
 LOGIN_REQUIRED = "Login required. Please try again."
@@ -49,6 +49,46 @@ class ViolationView:
 
 
 @dataclass(frozen=True)
+class SchedulerView:
+    """Where the worker's batch scheduler has the job (protocol 1.2, ``scheduler``)."""
+
+    system: str
+    id: str
+    state: str
+    reason: str = ""
+    node: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def of(cls, message: Any) -> SchedulerView | None:
+        """The view of ``message.scheduler`` (None when the worker did not set it)."""
+        if not message.HasField("scheduler"):
+            return None
+        s: scheduler_pb2.SchedulerJob = message.scheduler
+        return cls(
+            s.system,
+            s.id,
+            s.state,
+            s.reason,
+            s.node,
+            s.exit_code if s.HasField("exit_code") else None,
+            s.signal if s.HasField("signal") else None,
+        )
+
+    def __str__(self) -> str:
+        name = "Slurm" if self.system == "slurm" else self.system
+        text = f"{name} job {self.id or '(not yet submitted)'}: {self.state}"
+        if self.reason and self.reason != "None":
+            text += f" ({self.reason})"
+        if self.node:
+            text += f" on {self.node}"
+        if self.exit_code is not None:
+            text += f", exit code {self.exit_code}"
+        return text
+
+
+@dataclass(frozen=True)
 class AcceptedView:
     """The worker's JobAccepted (or, on a retry that re-attached, the job's JobStatus)."""
 
@@ -56,6 +96,8 @@ class AcceptedView:
     run_dir: str
     warnings: tuple[str, ...] = ()
     duplicate: bool = False
+    #: Where the worker's batch scheduler queued the job (None: it runs on the worker).
+    scheduler: SchedulerView | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +108,7 @@ class CompletionView:
     outputs: tuple[str, ...]
     duration_seconds: float
     stopped_early: bool
+    scheduler: SchedulerView | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +120,7 @@ class FailureView:
     exit_code: int | None
     log_tail: tuple[str, ...]
     duration_seconds: float
+    scheduler: SchedulerView | None = None
 
 
 @dataclass(frozen=True)
@@ -272,7 +316,7 @@ def completed_result(
     checked: Checked | None, job_id: str, accepted: AcceptedView, done: progress_pb2.JobComplete
 ) -> FlowResult:
     completion = CompletionView(done.run_dir, tuple(done.outputs), done.duration_seconds,
-                                done.stopped_early)
+                                done.stopped_early, SchedulerView.of(done))
     how = "stopped early" if done.stopped_early else "finished"
     return success_result(checked, job_id, accepted, f"Training {how}.", "done",
                           completion=completion)
@@ -288,8 +332,11 @@ def failed_result(
         failed.exit_code if failed.HasField("exit_code") else None,
         tuple(failed.log_tail),
         failed.duration_seconds,
+        SchedulerView.of(failed),
     )
     exit_text = f" (exit code {failure.exit_code})" if failure.exit_code is not None else ""
+    if failure.scheduler is not None:
+        exit_text += f" [{failure.scheduler}]"
     tail = "\n".join(failure.log_tail[-20:])
     message = f"Training failed: {failed.message}{exit_text}"
     return FlowResult(FlowStatus.ERROR, message, stage="progress", job_id=job_id,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sleap_rtc.client.results import COULD_NOT_CONNECT
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
     from sleap_rtc.client.auth import AuthCheck
     from sleap_rtc.client.flow import PresubmissionFlow
     from sleap_rtc.client.following import ProgressSink
@@ -233,7 +233,7 @@ def open_capture(path: str | Path | None) -> CaptureWriter | None:
     Raises:
         CaptureUnwritable: ``path`` cannot be created.
     """
-    from sleap_rtc.capture import recorder
+    from sleap_rtc.capture.write import recorder
 
     try:
         return recorder.open_capture(path)

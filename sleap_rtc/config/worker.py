@@ -34,6 +34,52 @@ class WorkerConfigError(ConfigFileError):
     """A ``worker.toml`` (or worker flag) that cannot be used; the message names file and key."""
 
 
+#: The values of ``[trainer] backend``.
+BACKENDS = ("local", "slurm")
+#: Where the worker's relay endpoint listens unless ``[slurm] listen`` says otherwise.
+DEFAULT_RELAY_LISTEN = "0.0.0.0:5570"
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """``[slurm]``: how the worker submits trainings to a Slurm cluster (backend "slurm").
+
+    Each option maps to one ``#SBATCH`` line; an empty value (or 0) leaves it to the
+    cluster's defaults. See ``docs/worker.example.toml``.
+    """
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    #: ``--time``, in Slurm's own format ("30", "04:00:00", "1-00:00:00").
+    time_limit: str = ""
+    cpus_per_task: int = 0
+    #: ``--mem`` ("16G").
+    mem: str = ""
+    #: ``--gres`` ("gpu:1").
+    gres: str = ""
+    #: More ``#SBATCH`` options, each one option ("--constraint=a100").
+    extra_sbatch: tuple[str, ...] = ()
+    #: The Python on the compute nodes that has sleap-rtc and sleap-nn installed
+    #: ("": the worker's own interpreter, for nodes that share its file system).
+    python: str = ""
+    #: Shell lines run before the relay on the compute node ("module load cuda").
+    setup: tuple[str, ...] = ()
+    #: ``host:port`` the worker's relay endpoint binds (progress from compute nodes).
+    #: Keep the port fixed: relays of running jobs reconnect to it after a restart.
+    listen: str = DEFAULT_RELAY_LISTEN
+    #: ``host:port`` compute nodes connect to ("": this host's name and the listen port).
+    worker_address: str = ""
+    #: Folder holding sbatch, squeue, scontrol and scancel ("": found on PATH).
+    bin_dir: Path | None = None
+    #: Seconds between two looks at a job's state in Slurm.
+    poll_s: float = 5.0
+    #: Seconds one Slurm command may take before it counts as failed.
+    command_timeout_s: float = 30.0
+    #: Seconds the worker keeps retrying while slurmctld cannot be reached.
+    unreachable_s: float = 120.0
+
+
 @dataclass(frozen=True)
 class Mount:
     """One allowed mount: an absolute worker folder and the label clients see."""
@@ -67,6 +113,10 @@ class WorkerSettings:
     confinement: str = "auto"
     #: ``[trainer] allow_reporting``: let jobs turn on reporting services (wandb).
     allow_reporting: bool = False
+    #: ``[trainer] backend``: "local" (a subprocess here) or "slurm" (a batch job).
+    backend: str = "local"
+    #: ``[slurm]``: used when ``backend`` is "slurm".
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
     state_dir: Path = field(default_factory=lambda: state_dir() / "worker")
     loopback: bool = False
     ice_servers: tuple[str, ...] = ()
@@ -192,7 +242,11 @@ def parse(data: dict[str, Any], source: Path | None) -> WorkerSettings:
             "confinement", f"must be one of {', '.join(CONFINEMENT_MODES)} (got {confinement!r})"
         )
     allow_reporting = trainer.boolean("allow_reporting", defaults.allow_reporting)
+    backend = trainer.nonempty("backend", defaults.backend)
+    if backend not in BACKENDS:
+        raise trainer.error("backend", f"must be one of {', '.join(BACKENDS)} (got {backend!r})")
     trainer.finish()
+    slurm = parse_slurm(top.table("slurm"))
 
     url = top.nonempty("signaling_url", defaults.signaling_url)
     if not url.startswith(("ws://", "wss://")):
@@ -211,6 +265,8 @@ def parse(data: dict[str, Any], source: Path | None) -> WorkerSettings:
         trainer_command=tuple(command),
         confinement=confinement,
         allow_reporting=allow_reporting,
+        backend=backend,
+        slurm=slurm,
         state_dir=top.path("state_dir") or defaults.state_dir,
         loopback=top.boolean("loopback", defaults.loopback),
         ice_servers=tuple(top.strings("ice_servers", []) or []),
@@ -223,6 +279,62 @@ def parse(data: dict[str, Any], source: Path | None) -> WorkerSettings:
             f"the {CREDENTIAL_ENV} environment variable",
         )
     top.finish()
+    return settings
+
+
+def _address(table: Table, name: str, value: str, *, need_host: bool) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or (need_host and not host):
+        raise table.error(name, f"must be host:port with a port from 1 to 65535 (got {value!r})")
+    return value
+
+
+def _seconds(table: Table, name: str, default: float) -> float:
+    value = table.raw(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise table.error(name, f"must be a positive number of seconds (got {value!r})")
+    return float(value)
+
+
+def parse_slurm(table: Table) -> SlurmSettings:
+    """``[slurm]``, every key checked; values that would break a ``#SBATCH`` line are refused."""
+    d = SlurmSettings()
+    words = {}
+    for name in ("partition", "account", "qos", "time_limit", "mem", "gres", "python"):
+        value = table.string(name, getattr(d, name)) or ""
+        if any(c.isspace() for c in value):
+            raise table.error(name, f"must be one word without spaces (got {value!r})")
+        words[name] = value
+    extra = tuple(table.strings("extra_sbatch", []) or [])
+    for i, option in enumerate(extra):
+        if not option.startswith("-") or "\n" in option or "\r" in option:
+            raise table.error(
+                f"extra_sbatch[{i}]", f"must be one sbatch option such as --constraint=a100 "
+                f"(got {option!r})"
+            )
+    setup = tuple(table.strings("setup", []) or [])
+    for i, line in enumerate(setup):
+        if "\n" in line or "\r" in line:
+            raise table.error(f"setup[{i}]", "must be one line")
+    listen = _address(table, "listen", table.nonempty("listen", d.listen), need_host=True)
+    address = table.string("worker_address", "") or ""
+    if address:
+        _address(table, "worker_address", address, need_host=True)
+    settings = SlurmSettings(
+        **words,
+        cpus_per_task=table.integer("cpus_per_task", d.cpus_per_task, minimum=0),
+        extra_sbatch=extra,
+        setup=setup,
+        listen=listen,
+        worker_address=address,
+        bin_dir=table.path("bin_dir"),
+        poll_s=_seconds(table, "poll_s", d.poll_s),
+        command_timeout_s=_seconds(table, "command_timeout_s", d.command_timeout_s),
+        unreachable_s=_seconds(table, "unreachable_s", d.unreachable_s),
+    )
+    table.finish()
     return settings
 
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, TextIO
 from sleap_rtc.capture import format as fmt
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.record import Record
+    from sleap_rtc.capture.read.reader import CaptureReader
+    from sleap_rtc.capture.read.record import Record
     from sleap_rtc.inspect.pairing import Answer
 from sleap_rtc.inspect.common import (
     add_filter_arguments,
@@ -47,6 +48,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     parser.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep reading a capture being written; stop at its footer, Ctrl-C or --follow-timeout",
+    )
+    parser.add_argument(
+        "--follow-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with --follow: stop after S seconds without new data (default: never)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=0,
@@ -57,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def text_line(rec: Record, width: int = 0, answer: Answer | None = None) -> str:
     """The human-readable line of one record (``answer``: what it answers, and how fast)."""
-    from sleap_rtc.capture.record import format_time
+    from sleap_rtc.capture.read.record import format_time
 
     t = format_time(rec.time_ns)[11:26] if rec.time_ns else "-"
     ids = ""
@@ -85,7 +99,7 @@ def text_line(rec: Record, width: int = 0, answer: Answer | None = None) -> str:
 
 
 def summarize(rec: Record) -> str:
-    from sleap_rtc.capture.record import raw_view
+    from sleap_rtc.capture.read.record import raw_view
 
     if rec.kind == "raw":
         shown = raw_view(rec.raw or b"", limit=48)
@@ -105,9 +119,9 @@ def summarize(rec: Record) -> str:
 
 def envelope_header(rec: Record) -> dict[str, object]:
     """Envelope header fields beyond v1.0's: by name where the schema names them, else raw."""
-    from sleap_rtc.capture.decode import FIRST_BODY_FIELD
-    from sleap_rtc.capture.rawproto import unknown_entry, unknown_field_set
-    from sleap_rtc.capture.record import envelope_fields
+    from sleap_rtc.capture.read.decode import FIRST_BODY_FIELD
+    from sleap_rtc.capture.read.rawproto import unknown_entry, unknown_field_set
+    from sleap_rtc.capture.read.record import envelope_fields
 
     env, schema = rec.envelope, rec.schema
     if env is None or schema is None:
@@ -193,13 +207,39 @@ def idle_cpus() -> int:
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     stream = sys.stdout if out is None else out
-    reader = open_reader(args, reassemble=not args.fragments)
+    follow = None
+    if args.follow:
+        from sleap_rtc.capture.read.mcapio import Follow
+
+        follow = Follow(args.follow_timeout)
+    reader = open_reader(args, reassemble=not args.fragments, follow=follow)
+    if follow is not None:
+        try:
+            _follow(reader, args, stream)
+        except KeyboardInterrupt:  # Ctrl-C ends following: what was shown stands
+            stream.flush()
+        return report_problems(reader)
     records = selected(reader, args)
     if args.json:
+        from sleap_rtc.capture.read.headers import headers
+        from sleap_rtc.inspect.pairing import NOT_REQUESTS, Linker, json_links
+
         fast = make_predicate(args) is None and not args.fragments
-        batches = (
-            reader.json_batches(_jobs(args)) if fast else _batches(r.json_line() for r in records)
-        )
+        jobs = _jobs(args) if fast else 1
+        if fast and jobs == 1:
+            # One process: each request's answer is found by reading on from it.
+            batches = reader.json_batches(1, hook=Linker(reader, args.fallback_schema))
+        else:
+            # A first pass over the headers pairs requests and answers (a request's line
+            # names its answer, which comes later); the lines then carry the links.
+            links = json_links(
+                headers(reader.paths, reader.kinds, args.fallback_schema, skip=NOT_REQUESTS)
+            )
+            if fast:
+                batches = reader.json_batches(jobs, links)
+            else:
+                reader.extras = links
+                batches = _batches(reader.json_line(r) for r in records)
         write_json(batches, stream, args.limit)
         return report_problems(reader)
     color = args.color == "always" or (args.color == "auto" and out is None and stream.isatty())
@@ -243,3 +283,34 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if args.limit and n >= args.limit:
             break
     return report_problems(reader)
+
+
+def _follow(reader: CaptureReader, args: argparse.Namespace, stream: TextIO) -> None:
+    """``cat -f``: lines as the capture grows, each written at once.
+
+    One pass, so a JSON answer carries ``"answers"`` (its request came
+    before it) but a request carries no ``"answered_by"`` (its answer is not
+    written yet). Memory stays bounded: records are not kept, and pairing
+    forgets the oldest open requests beyond its limit.
+    """
+    from sleap_rtc.inspect.pairing import Pairing, answer_members
+
+    pairing = Pairing()
+    keep = make_predicate(args)
+    width = DEFAULT_WIDTH if args.width is None else args.width
+    n = 0
+    for rec in reader.records():
+        answer = pairing.see(rec)
+        if keep is not None and not keep(rec):
+            continue
+        n += 1
+        if args.json:
+            line = reader.json_line(rec)
+            if answer is not None:
+                line = line[:-1] + answer_members(answer) + "}"
+        else:
+            line = text_line(rec, width, answer)
+        stream.write(line + "\n")
+        stream.flush()
+        if args.limit and n >= args.limit:
+            break

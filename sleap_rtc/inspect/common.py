@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, TextIO
 from sleap_rtc.capture import format as fmt
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.reader import CaptureReader
-    from sleap_rtc.capture.record import Record
+    from sleap_rtc.capture.read.mcapio import Follow
+    from sleap_rtc.capture.read.reader import CaptureReader
+    from sleap_rtc.capture.read.record import Record
 
 _DIRECTION_ALIASES = {
     "client_to_worker": fmt.CLIENT_TO_WORKER,
@@ -178,15 +179,20 @@ def make_predicate(args: argparse.Namespace) -> Callable[[Record], bool] | None:
 
 
 def open_reader(
-    args: argparse.Namespace, *, keep_frames: bool = False, reassemble: bool = True
+    args: argparse.Namespace,
+    *,
+    keep_frames: bool = False,
+    reassemble: bool = True,
+    follow: Follow | None = None,
 ) -> CaptureReader:
-    from sleap_rtc.capture.reader import CaptureReader
+    from sleap_rtc.capture.read.reader import CaptureReader
 
     return CaptureReader(
         args.captures,
         reassemble=reassemble,
         fallback_schema=getattr(args, "fallback_schema", False),
         keep_frames=keep_frames,
+        follow=follow,
     )
 
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, TextIO
 from sleap_rtc.capture import format as fmt
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.mcapio import ChannelRecord, SchemaRecord
-    from sleap_rtc.capture.reader import CaptureReader
+    from sleap_rtc.capture.read.mcaprecords import ChannelRecord, SchemaRecord
+    from sleap_rtc.capture.read.reader import CaptureReader
 from sleap_rtc.inspect.common import (
     add_filter_arguments,
     add_input_arguments,
@@ -84,7 +84,7 @@ def filter_capture(
     reader: CaptureReader, args: argparse.Namespace, output: Path
 ) -> tuple[int, int]:
     """Copy the selected records' frames to ``output``; (records kept, records read)."""
-    from sleap_rtc.capture.mcapio import ChannelRecord
+    from sleap_rtc.capture.read.mcaprecords import ChannelRecord
 
     keep = make_predicate(args)
     tmp = output.with_name(f".{output.name}.partial")
@@ -148,7 +148,7 @@ def copy_to_output(args: argparse.Namespace) -> tuple[CaptureReader, int, int] |
     try:
         kept, read = filter_capture(reader, args, output)
     except OSError as exc:
-        from sleap_rtc.capture.mcapio import CaptureError
+        from sleap_rtc.capture.read.mcapio import CaptureError
 
         raise CaptureError(f"cannot write {output}: {exc.strerror or exc}") from None
     return reader, kept, read

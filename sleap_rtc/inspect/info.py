@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from sleap_rtc.inspect.common import add_input_arguments, open_reader, report_problems
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.reader import CaptureReader
+    from sleap_rtc.capture.read.reader import CaptureReader
 
 _HELLO_KEYS = (
     "min_version",
@@ -48,7 +48,7 @@ def _version(v: Any) -> str:
 
 def gather(reader: CaptureReader) -> dict[str, Any]:
     """The info of a capture as a JSON-ready dict."""
-    from sleap_rtc.capture.record import format_time
+    from sleap_rtc.capture.read.record import format_time
 
     kinds: Counter[str] = Counter()
     bodies: Counter[str] = Counter()

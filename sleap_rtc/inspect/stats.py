@@ -25,7 +25,7 @@ from sleap_rtc.inspect.pairing import Pairing
 from sleap_rtc_proto import bodies
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.record import Record
+    from sleap_rtc.capture.read.record import Record
 
 #: Body types that expect an answer (those never answered are counted).
 REQUESTS = bodies.REQUESTS

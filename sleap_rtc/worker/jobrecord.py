@@ -25,7 +25,7 @@ from typing import Protocol
 from sleap_rtc.worker.jobstore import JobRow, JobStore, TrainerIdentity
 from sleap_rtc.worker.trainplan import TrainPlan
 from sleap_rtc.worker.zmqprogress import ProgressUpdate
-from sleap_rtc_proto.v1 import job_pb2, progress_pb2
+from sleap_rtc_proto.v1 import job_pb2, progress_pb2, scheduler_pb2
 
 V = job_pb2
 #: A job's numbered messages.
@@ -49,6 +49,8 @@ class RunResult:
     duration_s: float = 0.0
     log_tail: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    #: The batch job's final state in the scheduler (a batch backend's run).
+    scheduler: scheduler_pb2.SchedulerJob | None = None
 
 
 class RunControl(Protocol):
@@ -85,6 +87,10 @@ class Job:
     store: JobStore | None = None
     #: The trainer process, once it started (recorded for the start-up sweep).
     trainer: TrainerIdentity | None = None
+    #: Where a batch backend's scheduler has the job (None: the trainer runs here).
+    scheduler: scheduler_pb2.SchedulerJob | None = None
+    #: A batch job's relay position: committed with each message's sequence.
+    cursor: int | None = None
     _first: progress_pb2.JobProgress | None = None
     _history: deque[JobMessage] = field(default_factory=deque)
     _dropped_upto: int = 0
@@ -159,7 +165,7 @@ class Job:
 
     def _emit(self, message: JobMessage) -> None:
         if self.store is not None and message is not self.final:
-            self.store.set_sequence(self.job_id, message.sequence)
+            self.store.set_sequence(self.job_id, message.sequence, self.cursor)
         self._history.append(message)
         while len(self._history) > self.history_limit:
             dropped = self._history.popleft()
@@ -194,13 +200,38 @@ class Job:
             )
         )
 
+    def scheduler_changed(
+        self, scheduler: scheduler_pb2.SchedulerJob, line: str, *, running: bool = False
+    ) -> None:
+        """The batch scheduler reports a new state: one worker JobLog line with
+        ``scheduler`` set; ``running`` moves a queued job to RUNNING (committed first)."""
+        self.scheduler = scheduler
+        if running and self.state == V.JOB_STATE_QUEUED:
+            self.state = V.JOB_STATE_RUNNING
+            self.message = "running"
+            self.save()
+        if self.final is not None:
+            return
+        log = progress_pb2.JobLog(
+            job_id=self.job_id,
+            sequence=self._next(),
+            stream=progress_pb2.LOG_STREAM_WORKER,
+            lines=[line],
+        )
+        log.scheduler.CopyFrom(scheduler)
+        self._emit(log)
+
     # --- lifecycle: start, stop, cancel, finish ---------------------------
 
-    def start(self, control: RunControl) -> None:
-        """The trainer of this job started; ``control`` stops or cancels it."""
+    def start(self, control: RunControl, *, queued: bool = False) -> None:
+        """The trainer of this job started (``queued``: handed to a scheduler that has
+        not started it yet); ``control`` stops or cancels it."""
         self.control = control
-        self.state = V.JOB_STATE_RUNNING
-        self.message = "running"
+        if queued:
+            self.message = "queued"
+        else:
+            self.state = V.JOB_STATE_RUNNING
+            self.message = "running"
         self.save()
 
     def stop(self) -> str:
@@ -254,6 +285,9 @@ class Job:
                 final.exit_code = result.exit_code
             self.state = V.JOB_STATE_FAILED
             self.message = final.message
+        if result.scheduler is not None:
+            self.scheduler = result.scheduler
+            final.scheduler.CopyFrom(result.scheduler)
         self.final = final
         self.control = None
         self.save()  # committed before any client hears of it
@@ -285,10 +319,13 @@ class Job:
         return out, dropped
 
     def status(self, message: str = "") -> job_pb2.JobStatus:
-        return job_pb2.JobStatus(
+        status = job_pb2.JobStatus(
             job_id=self.job_id,
             state=self.state,  # type: ignore[arg-type]
             last_sequence=self.last_sequence,
             run_dir=str(self.run_dir),
             message=message or self.message,
         )
+        if self.scheduler is not None:
+            status.scheduler.CopyFrom(self.scheduler)
+        return status

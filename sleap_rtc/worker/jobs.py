@@ -184,6 +184,14 @@ class JobRegistry:
         self._jobs[job.job_id] = job
         self._evict()
 
+    def forget(self, job_id: str) -> None:
+        """Drop a job that never ran (its backend refused it after intake): memory,
+        store and temp config, as if it had been rejected."""
+        job = self._jobs.pop(job_id, None)
+        self.store.forget(job_id)
+        if job is not None:
+            job.config_file.unlink(missing_ok=True)
+
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())
 

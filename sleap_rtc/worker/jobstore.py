@@ -4,7 +4,11 @@ Every job this worker accepted has one row: its id, owner, spec digest, state
 and status message, the JobAccepted answer, the run plan (so the run folder
 is known after a restart), the trainer's process identity (pid, process start
 time, process group) and ZMQ ports, the last sequence number handed out, and,
-once it ended, the final JobComplete/JobFailed.
+once it ended, the final JobComplete/JobFailed. A job handed to a batch
+scheduler (the Slurm backend) also has a :class:`BatchRecord`: the
+scheduler's job id, the job's relay folder and CURVE public key, and how far
+the relay's messages were taken in -- what a restarted worker needs to
+re-attach instead of running the job again.
 
 Durability: each state change is committed before it is announced to any
 client (:class:`~sleap_rtc.worker.jobrecord.Job` calls :meth:`JobStore.save`
@@ -33,10 +37,19 @@ from typing import Any
 from sleap_rtc.worker.trainplan import TrainPlan
 from sleap_rtc_proto.v1 import job_pb2, progress_pb2
 
-__all__ = ["JobRow", "JobStore", "StoreError", "TrainerIdentity", "plan_from_json", "plan_to_json"]
+__all__ = [
+    "BatchRecord",
+    "JobRow",
+    "JobStore",
+    "StoreError",
+    "TrainerIdentity",
+    "plan_from_json",
+    "plan_to_json",
+]
 
 V = job_pb2
-SCHEMA_VERSION = 1
+#: 2: the ``batch`` table (a v1 store is upgraded in place; a v1 worker refuses v2).
+SCHEMA_VERSION = 2
 DB_NAME = "jobs.sqlite3"
 
 _SCHEMA = """
@@ -62,6 +75,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (ended);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS batch (
+    job_id TEXT PRIMARY KEY REFERENCES jobs (job_id) ON DELETE CASCADE,
+    system TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    relay_dir TEXT NOT NULL,
+    client_public TEXT NOT NULL,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL
+);
 """
 
 #: States of a job that has not ended.
@@ -80,6 +102,23 @@ class TrainerIdentity:
     start_ticks: int
     publish_port: int = 0
     controller_port: int = 0
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A job handed to a batch scheduler: what a restarted worker re-attaches with.
+
+    ``batch_id`` is empty between the record and the scheduler's answer (a worker
+    that died then finds the job by its name). ``cursor`` is the last relay
+    message taken in (messages up to it are not taken twice after a restart).
+    """
+
+    job_id: str
+    system: str
+    batch_id: str
+    relay_dir: str
+    client_public: str
+    cursor: int = 0
 
 
 @dataclass(frozen=True)
@@ -156,6 +195,10 @@ class JobStore:
                     raise StoreError(
                         f"the job store {self.path} was written by a newer worker "
                         f"(schema {row[0]}, this worker knows {SCHEMA_VERSION})"
+                    )
+                elif int(row[0]) < SCHEMA_VERSION:  # the tables above were added
+                    self._db.execute(
+                        "UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),)
                     )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the job store {self.path}: {exc}") from exc
@@ -234,13 +277,65 @@ class JobStore:
                 ),
             )
 
-    def set_sequence(self, job_id: str, last_sequence: int) -> None:
-        """Record the last sequence number handed out (the progress position)."""
+    def set_sequence(self, job_id: str, last_sequence: int, cursor: int | None = None) -> None:
+        """Record the last sequence number handed out (the progress position) and,
+        for a batch job, the relay message it came from (one transaction)."""
+        now = time.time()
         with self._lock:
+            if cursor is None:
+                self._db.execute(
+                    "UPDATE jobs SET last_sequence=?, updated=? WHERE job_id=?",
+                    (last_sequence, now, job_id),
+                )
+                return
+            with self._tx():
+                self._db.execute(
+                    "UPDATE jobs SET last_sequence=?, updated=? WHERE job_id=?",
+                    (last_sequence, now, job_id),
+                )
+                self._db.execute(
+                    "UPDATE batch SET cursor=?, updated=? WHERE job_id=?", (cursor, now, job_id)
+                )
+
+    def save_batch(self, record: BatchRecord) -> None:
+        """Insert or replace a job's batch record (its job row must exist)."""
+        with self._lock, self._tx():
             self._db.execute(
-                "UPDATE jobs SET last_sequence=?, updated=? WHERE job_id=?",
-                (last_sequence, time.time(), job_id),
+                """INSERT INTO batch (job_id, system, batch_id, relay_dir, client_public,
+                       cursor, updated) VALUES (?,?,?,?,?,?,?)
+                   ON CONFLICT(job_id) DO UPDATE SET system=excluded.system,
+                       batch_id=excluded.batch_id, relay_dir=excluded.relay_dir,
+                       client_public=excluded.client_public, cursor=excluded.cursor,
+                       updated=excluded.updated""",
+                (
+                    record.job_id,
+                    record.system,
+                    record.batch_id,
+                    record.relay_dir,
+                    record.client_public,
+                    record.cursor,
+                    time.time(),
+                ),
             )
+
+    def batch(self, job_id: str) -> BatchRecord | None:
+        """The job's batch record, if it was handed to a scheduler."""
+        with self._lock:
+            values = self._db.execute(
+                "SELECT job_id, system, batch_id, relay_dir, client_public, cursor"
+                " FROM batch WHERE job_id=?",
+                (job_id,),
+            ).fetchone()
+        if values is None:
+            return None
+        job, system, batch_id, relay_dir, public, cursor = values
+        return BatchRecord(job, system, batch_id, relay_dir, public, int(cursor))
+
+    def forget(self, job_id: str) -> None:
+        """Remove a job that never ran (a refusal found after the row was written)."""
+        with self._lock, self._tx():
+            self._db.execute("DELETE FROM batch WHERE job_id=?", (job_id,))
+            self._db.execute("DELETE FROM jobs WHERE job_id=?", (job_id,))
 
     def purge(self, retention_s: float | None, now: float | None = None) -> int:
         """Forget jobs that ended more than ``retention_s`` ago (None: keep all);
@@ -249,6 +344,11 @@ class JobStore:
             return 0
         cutoff = (time.time() if now is None else now) - retention_s
         with self._lock, self._tx():
+            self._db.execute(
+                "DELETE FROM batch WHERE job_id IN"
+                " (SELECT job_id FROM jobs WHERE ended IS NOT NULL AND ended < ?)",
+                (cutoff,),
+            )
             cursor = self._db.execute(
                 "DELETE FROM jobs WHERE ended IS NOT NULL AND ended < ?", (cutoff,)
             )

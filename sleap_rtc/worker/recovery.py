@@ -41,9 +41,17 @@ class Recovered:
     stopped_pids: tuple[int, ...] = ()
 
 
-def _reason(job: Job, grace_s: float) -> tuple[str, tuple[int, ...]]:
+def _reason(job: Job, grace_s: float, batch_id: str | None) -> tuple[str, tuple[int, ...]]:
     trainer = job.trainer
     keep = f"; the run folder {job.run_dir} keeps whatever the trainer wrote"
+    if batch_id is not None:
+        which = f"Slurm job {batch_id}" if batch_id else "a Slurm job (its id was never recorded)"
+        return (
+            f"this job was handed to Slurm as {which}, and this worker's trainer backend "
+            f"is no longer Slurm, so it cannot follow it; it may still run in Slurm "
+            f"(scancel {batch_id or 'it'} to end it){keep}",
+            (),
+        )
     if job.message.startswith("finishing:"):
         status = job.message.removeprefix("finishing:").strip()
         return (
@@ -71,13 +79,19 @@ def _reason(job: Job, grace_s: float) -> tuple[str, tuple[int, ...]]:
     )
 
 
-def sweep(registry: JobRegistry, *, grace_s: float = 10.0) -> list[Recovered]:
-    """End every job the store records as open (blocking: it may wait ``grace_s``
-    for a trainer to stop). Call before serving any connection."""
+def sweep(
+    registry: JobRegistry, *, grace_s: float = 10.0, skip: frozenset[str] = frozenset()
+) -> list[Recovered]:
+    """End every job the store records as open, except those in ``skip`` (batch jobs
+    the worker re-attached to); blocking: it may wait ``grace_s`` for a trainer to
+    stop. Call before serving any connection."""
     out = []
     for row in registry.store.open_jobs():
+        if row.job_id in skip:
+            continue
         job = Job.from_row(row, registry.store, registry.config.history_limit)
-        reason, pids = _reason(job, grace_s)
+        record = registry.store.batch(row.job_id)
+        reason, pids = _reason(job, grace_s, None if record is None else record.batch_id)
         job.finish(
             RunResult(
                 completed=False,

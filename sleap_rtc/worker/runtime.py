@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from sleap_rtc.auth.tokens import Claims, TokenVerifier
-    from sleap_rtc.capture.recorder import CaptureWriter
+    from sleap_rtc.capture.write.recorder import CaptureWriter
     from sleap_rtc.config.worker import WorkerSettings
     from sleap_rtc.transport.link import Link
     from sleap_rtc.worker.service import WorkerService
@@ -69,6 +69,7 @@ def worker_metadata(
     status: str = "available",
     active_jobs: int = 0,
     confinement: str = "",
+    backend: str = "",
 ) -> dict[str, Any]:
     """What clients of the room see about this worker in discovery."""
     from sleap_rtc import __version__
@@ -91,6 +92,9 @@ def worker_metadata(
             # How the trainer is confined, e.g. "Landlock ABI 7 (files, TCP ports, ...)",
             # or "NOT confined: ..." (empty: not reported).
             "confinement": confinement,
+            # Where trainings run: "local (...)" or "slurm (partition ...)" (empty: not
+            # reported).
+            "backend": backend,
         },
     }
 
@@ -236,13 +240,15 @@ def build_service(
         confinement=settings.confinement,
         allow_reporting=settings.allow_reporting,
         job_retention_s=settings.job_retention_days * 86400.0 or None,
+        backend=settings.backend,
+        slurm=settings.slurm,
     )
     return WorkerService(config)
 
 
 def _open_capture(path: Path | None) -> CaptureWriter | None:
     """A capture writer for ``path``, else ``$SLEAP_RTC_CAPTURE``, else None."""
-    from sleap_rtc.capture import recorder
+    from sleap_rtc.capture.write import recorder
 
     try:
         return recorder.open_capture(path)
@@ -292,6 +298,7 @@ async def run_worker(
     from sleap_rtc.signaling.client import SignalingClient, SignalingError
     from sleap_rtc.transport.answerer import serve_links
     from sleap_rtc.transport.channel import DataChannelLink
+    from sleap_rtc.worker.relayhub import RelayHubError
     from sleap_rtc.worker.status import StatusReporter
 
     out = say or _say
@@ -309,11 +316,13 @@ async def run_worker(
     try:
         service = build_service(settings, keys.verify)
         await service.start()
-    except ValueError as exc:
+    except (ValueError, RelayHubError) as exc:
         raise WorkerSetupError(f"cannot start the worker: {exc}") from None
     service.announce = out  # per-job lines: accepted, started, finished, failed
     confinement = service.confinement_summary()
     out(f"trainer confinement: {confinement}")
+    backend = service.runner.describe()
+    out(f"trainer backend: {backend}")
     writer = _open_capture(capture)
     stopping = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -342,7 +351,11 @@ async def run_worker(
         service,
         settings.concurrency,
         lambda shown, active: worker_metadata(
-            settings, status=shown, active_jobs=active, confinement=confinement
+            settings,
+            status=shown,
+            active_jobs=active,
+            confinement=confinement,
+            backend=backend,
         ),
     )
 

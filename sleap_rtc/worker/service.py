@@ -60,6 +60,7 @@ from sleap_rtc.worker.events import (
 from sleap_rtc.worker.index import FileIndex
 from sleap_rtc.worker.intakecheck import IntakeRecheck
 from sleap_rtc.worker.jobrecord import Job, RunResult
+from sleap_rtc.worker.jobrunner import JobRunner
 from sleap_rtc.worker.jobs import IntakeConfig, JobRegistry
 from sleap_rtc.worker.launcher import ConfinementRequired, LaunchPolicy, Mode
 from sleap_rtc.worker.mounts import MountPolicy, PathRejected
@@ -68,8 +69,6 @@ from sleap_rtc.worker.pathcheck import PathChecker
 from sleap_rtc.worker.recovery import sweep
 from sleap_rtc.worker.serviceconfig import WorkerConfig, session_verifier
 from sleap_rtc.worker.session import WorkerInfo, WorkerSession
-from sleap_rtc.worker.trainer import TrainerRun
-from sleap_rtc.worker.zmqprogress import ProgressUpdate
 from sleap_rtc_proto.stream import ByteBudget
 from sleap_rtc_proto.v1 import error_pb2, job_pb2, paths_pb2, progress_pb2
 
@@ -82,19 +81,6 @@ def _components() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[name] = importlib.metadata.version(name)
     return out
-
-
-class _JobSink:
-    """Routes a run's output into its job's numbered history."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-
-    def progress(self, update: ProgressUpdate) -> None:
-        self.job.emit_progress(update)
-
-    def log(self, stream: int, lines: list[str]) -> None:
-        self.job.emit_log(stream, lines)
 
 
 class WorkerService:
@@ -161,7 +147,7 @@ class WorkerService:
             extra_env=dict(config.trainer_env),
         )
         self._zmq: zmq.asyncio.Context | None = None
-        self._runs: dict[str, asyncio.Task[None]] = {}
+        self.runner = JobRunner(config, self.registry, self.sandbox, lambda t: self._notice(t))
         self._connections: set[Connection] = set()
         self._index_stop = threading.Event()
         self._index_task: asyncio.Task[None] | None = None
@@ -191,11 +177,23 @@ class WorkerService:
         still running unsupervised is stopped first. Raises
         :class:`~.orphans.StateLocked` when another worker uses the state folder."""
         first = self._state_lock.acquire()
+        self._zmq = zmq.asyncio.Context()
+        try:
+            await self.runner.start(self._zmq)  # the Slurm relay endpoint, before adopting
+        except BaseException:
+            self._zmq.destroy(linger=0)
+            self._zmq = None
+            self._state_lock.release()
+            raise
         if first:  # the first service of this process on the folder
+            adopted = self.runner.adopt()  # batch jobs still in Slurm: followed again
             await asyncio.to_thread(
-                sweep, self.registry, grace_s=self.config.run_limits.term_grace_s
+                sweep,
+                self.registry,
+                grace_s=self.config.run_limits.term_grace_s,
+                skip=frozenset(adopted),
             )
-            # No trainer runs now (the sweep ended every open job): run temps are stale.
+            # No local trainer runs now (the sweep ended every open job): temps are stale.
             if self.sandbox.temp_root.is_dir():
                 for leftover in self.sandbox.temp_root.iterdir():
                     shutil.rmtree(leftover, ignore_errors=True)
@@ -208,7 +206,6 @@ class WorkerService:
         except PathRejected as exc:
             raise ValueError(f"runs_dir {self.runs_dir} must lie inside a mount: {exc}") from None
         self.registry.config = dataclasses.replace(self.registry.config, runs_dir=self.runs_dir)
-        self._zmq = zmq.asyncio.Context()
         if self.index is not None and not self.index.built:
             self._index_stop.clear()
             self._index_task = asyncio.create_task(self._build_index(self.index))
@@ -237,20 +234,13 @@ class WorkerService:
             await asyncio.wait({self._index_task}, timeout=5.0)
             self._index_task = None
         for job in self.registry.jobs():
-            if job.active and job.control is not None:
+            if job.active and job.control is not None and not self.runner.detached(job):
                 job.cancel(progress_pb2.FAILURE_CODE_WORKER_SHUTDOWN, "the worker is shutting down")
-        runs = list(self._runs.values())
-        if runs:
-            _, pending = await asyncio.wait(
-                runs, timeout=self.config.shutdown_grace_s + self.config.run_limits.term_grace_s
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self.runner.close()  # batch jobs stay in Slurm for the next worker life
         for conn in list(self._connections):
             conn.kill()
         for job in self.registry.jobs():  # anything that never got a result
-            if job.final is None:
+            if job.final is None and not self.runner.detached(job):
                 job.finish(
                     RunResult(
                         completed=False,
@@ -379,6 +369,9 @@ class WorkerService:
         if isinstance(answer, error_pb2.Error):
             conn.reply_error(cid, answer)
             return
+        if job is not None and self.runner.batch:
+            conn.spawn(self._submit_batch(conn, cid, job, answer))
+            return
         conn.reply(cid, answer)
         if isinstance(answer, job_pb2.JobAccepted):
             accepted = self.registry.get(answer.job_id)
@@ -387,60 +380,37 @@ class WorkerService:
         if job is not None:
             self._notice(f"job {job.job_id} accepted from {job.owner or 'a client'}; "
                          f"run folder {job.run_dir}")
-            self._start_job(job)
+            self.runner.start_local(job)
+
+    async def _submit_batch(self, conn: Connection, cid: int, job: Job, answer: Message) -> None:
+        """A batch backend answers after the scheduler did (JobAccepted names its job id)."""
+        assert isinstance(answer, job_pb2.JobAccepted)
+        self._notice(f"job {job.job_id} accepted from {job.owner or 'a client'}; "
+                     f"run folder {job.run_dir}; submitting to Slurm")
+        # Shielded: a connection that closes meanwhile must not strand the submission.
+        try:
+            final = await asyncio.shield(self.runner.submit(job, answer))
+        except Exception as exc:  # a bug, not Slurm's answer: the request still gets one
+            log.exception("job %s: submitting to Slurm failed", job.job_id)
+            if job.control is None:
+                self.registry.forget(job.job_id)
+            conn.reply_error(
+                cid,
+                make_error(
+                    error_pb2.ERROR_CODE_INTERNAL,
+                    f"the worker failed to submit the job: {type(exc).__name__}: {exc}",
+                ),
+            )
+            return
+        conn.reply(cid, final)
+        if isinstance(final, job_pb2.JobAccepted):
+            conn.follow(job)
 
     def _notice(self, text: str) -> None:
         if self.announce is not None:
             self.announce(text)
         else:
             log.info("%s", text)
-
-    def _start_job(self, job: Job) -> None:
-        assert self._zmq is not None
-        run = TrainerRun(
-            self.config.trainer_command,
-            job.plan,
-            _JobSink(job),
-            context=self._zmq,
-            limits=self.config.run_limits,
-            env=self.config.trainer_env,
-            on_started=job.trainer_started,
-            on_exited=job.trainer_exited,
-            sandbox=self.sandbox,
-        )
-        job.start(run)
-        self._notice(f"job {job.job_id} started: {' '.join(self.config.trainer_command)}")
-        self._runs[job.job_id] = asyncio.create_task(self._run(job, run))
-
-    async def _run(self, job: Job, run: TrainerRun) -> None:
-        try:
-            result = await run.run()
-        except asyncio.CancelledError:
-            job.finish(
-                RunResult(
-                    completed=False,
-                    failure_code=progress_pb2.FAILURE_CODE_WORKER_SHUTDOWN,
-                    message="the worker stopped while the job ran",
-                    log_tail=run.log_tail,
-                )
-            )
-            raise
-        except Exception as exc:
-            log.exception("job %s: the run failed", job.job_id)
-            result = RunResult(
-                completed=False,
-                failure_code=progress_pb2.FAILURE_CODE_INTERNAL,
-                message=f"the worker failed to run the trainer: {type(exc).__name__}: {exc}",
-            )
-        finally:
-            self._runs.pop(job.job_id, None)
-        job.finish(result)
-        if result.completed:
-            how = "stopped early" if result.stopped_early else "finished"
-            self._notice(f"job {job.job_id} {how} in {result.duration_s:.1f} s; "
-                         f"outputs in {job.run_dir}")
-        else:
-            self._notice(f"job {job.job_id} failed: {job.message}")
 
     def _owned(self, conn: Connection, correlation_id: int, job_id: str) -> Job | None:
         job = self.registry.get(job_id)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sleap_rtc.auth.tokens import Claims, TokenError
+from sleap_rtc.config.worker import SlurmSettings
 from sleap_rtc.worker.session import TokenRefused, Verifier
 from sleap_rtc.worker.trainer import RunLimits
 from sleap_rtc.worker.trainplan import DEFAULT_TRAINER_COMMAND
@@ -72,6 +73,11 @@ class WorkerConfig:
             kernel offers it), ``"require"`` (refuse to start without it) or
             ``"off"``; see :mod:`.launcher`.
         allow_reporting: let jobs turn on reporting services (wandb).
+        backend: ``"local"`` (the trainer runs here, a subprocess) or ``"slurm"``
+            (each job is a Slurm batch job; see :mod:`.slurmrun`).
+        slurm: the ``[slurm]`` settings, for the Slurm backend.
+        slurm_env: environment for the Slurm commands (``SLURM_CONF``...); default
+            the worker's own.
     """
 
     mounts: Sequence[str | Path]
@@ -100,3 +106,6 @@ class WorkerConfig:
     job_retention_s: float | None = 30 * 86400.0
     confinement: str = "auto"
     allow_reporting: bool = False
+    backend: str = "local"
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    slurm_env: Mapping[str, str] | None = None

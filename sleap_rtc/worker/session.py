@@ -168,7 +168,7 @@ class WorkerSession:
         row = bodies.ROWS_BY_TYPE.get(body.DESCRIPTOR.full_name)
         if row is None or row.name in bodies.CLIENT_ONLY:
             raise SessionMisuse(f"{type(body).__name__} is not a body a worker sends")
-        return self._queue(body, correlation_id)
+        return self._queue(bodies.for_peer(body, self.features), correlation_id)
 
     def send_error(self, correlation_id: int, error: error_pb2.Error) -> int:
         """Queue an Error answering ``correlation_id`` (0: answers nothing known)."""

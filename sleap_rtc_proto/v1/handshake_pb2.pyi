@@ -126,7 +126,9 @@ class Hello(_message.Message):
     def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """features lists optional capabilities the client supports, e.g.
         "fragments", "attach", "progress_batch" (since 1.1: the client handles
-        JobProgressBatch). Empty means none beyond the base protocol.
+        JobProgressBatch); since 1.2 "labels_suggestions", "client_file_facts",
+        "browse" and "scheduler" (SchedulerJob on job answers and events). Empty
+        means none beyond the base protocol.
         """
 
     @_builtins.property

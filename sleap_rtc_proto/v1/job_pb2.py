@@ -22,34 +22,35 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from sleap_rtc_proto.v1 import scheduler_pb2 as sleap__rtc__proto_dot_v1_dot_scheduler__pb2
 from sleap_rtc_proto.v1 import spec_pb2 as sleap__rtc__proto_dot_v1_dot_spec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csleap_rtc_proto/v1/job.proto\x12\x12sleap_rtc_proto.v1\x1a\x1dsleap_rtc_proto/v1/spec.proto\"`\n\tJobSubmit\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x04spec\x18\x02 \x01(\x0b\x32 .sleap_rtc_proto.v1.TrainJobSpec\x12\x13\n\x0b\x63heck_token\x18\x03 \x01(\t\"S\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07run_dir\x18\x02 \x01(\t\x12\x10\n\x08warnings\x18\x03 \x03(\t\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"\x8e\x01\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12/\n\x04\x63ode\x18\x03 \x01(\x0e\x32!.sleap_rtc_proto.v1.ViolationCode\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x0c\n\x04line\x18\x06 \x01(\r\"f\n\x0bJobRejected\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x36\n\nviolations\x18\x02 \x03(\x0b\x32\".sleap_rtc_proto.v1.FieldViolation\x12\x0f\n\x07message\x18\x03 \x01(\t\"O\n\nJobControl\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x31\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32!.sleap_rtc_proto.v1.ControlAction\"3\n\tJobAttach\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"\x81\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.sleap_rtc_proto.v1.JobState\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\x12\x0f\n\x07run_dir\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t*\xe3\x02\n\rViolationCode\x12\x1e\n\x1aVIOLATION_CODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VIOLATION_CODE_REQUIRED\x10\x01\x12\x1a\n\x16VIOLATION_CODE_INVALID\x10\x02\x12\x1f\n\x1bVIOLATION_CODE_OUT_OF_RANGE\x10\x03\x12\x1c\n\x18VIOLATION_CODE_NOT_FOUND\x10\x04\x12!\n\x1dVIOLATION_CODE_OUTSIDE_MOUNTS\x10\x05\x12\x1d\n\x19VIOLATION_CODE_UNREADABLE\x10\x06\x12\x1d\n\x19VIOLATION_CODE_BAD_CONFIG\x10\x07\x12\x1c\n\x18VIOLATION_CODE_TOO_LARGE\x10\x08\x12\x1e\n\x1aVIOLATION_CODE_STALE_CHECK\x10\t\x12\x1b\n\x17VIOLATION_CODE_CONFLICT\x10\n*c\n\rControlAction\x12\x1e\n\x1a\x43ONTROL_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONTROL_ACTION_STOP\x10\x01\x12\x19\n\x15\x43ONTROL_ACTION_CANCEL\x10\x02*\x99\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x16\n\x12JOB_STATE_STOPPING\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csleap_rtc_proto/v1/job.proto\x12\x12sleap_rtc_proto.v1\x1a\"sleap_rtc_proto/v1/scheduler.proto\x1a\x1dsleap_rtc_proto/v1/spec.proto\"`\n\tJobSubmit\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x04spec\x18\x02 \x01(\x0b\x32 .sleap_rtc_proto.v1.TrainJobSpec\x12\x13\n\x0b\x63heck_token\x18\x03 \x01(\t\"\x88\x01\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07run_dir\x18\x02 \x01(\t\x12\x10\n\x08warnings\x18\x03 \x03(\t\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\x33\n\tscheduler\x18\x05 \x01(\x0b\x32 .sleap_rtc_proto.v1.SchedulerJob\"\x8e\x01\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12/\n\x04\x63ode\x18\x03 \x01(\x0e\x32!.sleap_rtc_proto.v1.ViolationCode\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x0c\n\x04line\x18\x06 \x01(\r\"f\n\x0bJobRejected\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x36\n\nviolations\x18\x02 \x03(\x0b\x32\".sleap_rtc_proto.v1.FieldViolation\x12\x0f\n\x07message\x18\x03 \x01(\t\"O\n\nJobControl\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x31\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32!.sleap_rtc_proto.v1.ControlAction\"3\n\tJobAttach\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"\xb6\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.sleap_rtc_proto.v1.JobState\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\x12\x0f\n\x07run_dir\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x33\n\tscheduler\x18\x06 \x01(\x0b\x32 .sleap_rtc_proto.v1.SchedulerJob*\xe3\x02\n\rViolationCode\x12\x1e\n\x1aVIOLATION_CODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VIOLATION_CODE_REQUIRED\x10\x01\x12\x1a\n\x16VIOLATION_CODE_INVALID\x10\x02\x12\x1f\n\x1bVIOLATION_CODE_OUT_OF_RANGE\x10\x03\x12\x1c\n\x18VIOLATION_CODE_NOT_FOUND\x10\x04\x12!\n\x1dVIOLATION_CODE_OUTSIDE_MOUNTS\x10\x05\x12\x1d\n\x19VIOLATION_CODE_UNREADABLE\x10\x06\x12\x1d\n\x19VIOLATION_CODE_BAD_CONFIG\x10\x07\x12\x1c\n\x18VIOLATION_CODE_TOO_LARGE\x10\x08\x12\x1e\n\x1aVIOLATION_CODE_STALE_CHECK\x10\t\x12\x1b\n\x17VIOLATION_CODE_CONFLICT\x10\n*c\n\rControlAction\x12\x1e\n\x1a\x43ONTROL_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONTROL_ACTION_STOP\x10\x01\x12\x19\n\x15\x43ONTROL_ACTION_CANCEL\x10\x02*\x99\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x16\n\x12JOB_STATE_STOPPING\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sleap_rtc_proto.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VIOLATIONCODE']._serialized_start=782
-  _globals['_VIOLATIONCODE']._serialized_end=1137
-  _globals['_CONTROLACTION']._serialized_start=1139
-  _globals['_CONTROLACTION']._serialized_end=1238
-  _globals['_JOBSTATE']._serialized_start=1241
-  _globals['_JOBSTATE']._serialized_end=1394
-  _globals['_JOBSUBMIT']._serialized_start=83
-  _globals['_JOBSUBMIT']._serialized_end=179
-  _globals['_JOBACCEPTED']._serialized_start=181
-  _globals['_JOBACCEPTED']._serialized_end=264
-  _globals['_FIELDVIOLATION']._serialized_start=267
-  _globals['_FIELDVIOLATION']._serialized_end=409
-  _globals['_JOBREJECTED']._serialized_start=411
-  _globals['_JOBREJECTED']._serialized_end=513
-  _globals['_JOBCONTROL']._serialized_start=515
-  _globals['_JOBCONTROL']._serialized_end=594
-  _globals['_JOBATTACH']._serialized_start=596
-  _globals['_JOBATTACH']._serialized_end=647
-  _globals['_JOBSTATUS']._serialized_start=650
-  _globals['_JOBSTATUS']._serialized_end=779
+  _globals['_VIOLATIONCODE']._serialized_start=925
+  _globals['_VIOLATIONCODE']._serialized_end=1280
+  _globals['_CONTROLACTION']._serialized_start=1282
+  _globals['_CONTROLACTION']._serialized_end=1381
+  _globals['_JOBSTATE']._serialized_start=1384
+  _globals['_JOBSTATE']._serialized_end=1537
+  _globals['_JOBSUBMIT']._serialized_start=119
+  _globals['_JOBSUBMIT']._serialized_end=215
+  _globals['_JOBACCEPTED']._serialized_start=218
+  _globals['_JOBACCEPTED']._serialized_end=354
+  _globals['_FIELDVIOLATION']._serialized_start=357
+  _globals['_FIELDVIOLATION']._serialized_end=499
+  _globals['_JOBREJECTED']._serialized_start=501
+  _globals['_JOBREJECTED']._serialized_end=603
+  _globals['_JOBCONTROL']._serialized_start=605
+  _globals['_JOBCONTROL']._serialized_end=684
+  _globals['_JOBATTACH']._serialized_start=686
+  _globals['_JOBATTACH']._serialized_end=737
+  _globals['_JOBSTATUS']._serialized_start=740
+  _globals['_JOBSTATUS']._serialized_end=922
 # @@protoc_insertion_point(module_scope)

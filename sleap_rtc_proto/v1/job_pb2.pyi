@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from sleap_rtc_proto.v1 import scheduler_pb2 as _scheduler_pb2
 from sleap_rtc_proto.v1 import spec_pb2 as _spec_pb2
 import builtins as _builtins
 import sys
@@ -206,6 +207,7 @@ class JobAccepted(_message.Message):
     RUN_DIR_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    SCHEDULER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """job_id is the submitted job_id. Required."""
     run_dir: _builtins.str
@@ -220,6 +222,13 @@ class JobAccepted(_message.Message):
         (e.g. config_paths ignored because config_content was sent).
         """
 
+    @_builtins.property
+    def scheduler(self) -> _scheduler_pb2.SchedulerJob:
+        """scheduler is where the job waits to run, when the worker's trainer
+        backend is a batch scheduler (1.2, feature "scheduler"); typically state
+        PENDING with Slurm's job id.
+        """
+
     def __init__(
         self,
         *,
@@ -227,10 +236,11 @@ class JobAccepted(_message.Message):
         run_dir: _builtins.str = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
         duplicate: _builtins.bool = ...,
+        scheduler: _scheduler_pb2.SchedulerJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scheduler", b"scheduler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "job_id", b"job_id", "run_dir", b"run_dir", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "job_id", b"job_id", "run_dir", b"run_dir", "scheduler", b"scheduler", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,6 +393,7 @@ class JobStatus(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     RUN_DIR_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    SCHEDULER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """job_id is the job. Required."""
     state: Global___JobState.ValueType
@@ -393,6 +404,12 @@ class JobStatus(_message.Message):
     """run_dir is the worker folder of the run's outputs."""
     message: _builtins.str
     """message is a human sentence about the state. Empty means nothing to add."""
+    @_builtins.property
+    def scheduler(self) -> _scheduler_pb2.SchedulerJob:
+        """scheduler is the job's place in the worker's batch scheduler, as last
+        seen (1.2, feature "scheduler").
+        """
+
     def __init__(
         self,
         *,
@@ -401,10 +418,11 @@ class JobStatus(_message.Message):
         last_sequence: _builtins.int = ...,
         run_dir: _builtins.str = ...,
         message: _builtins.str = ...,
+        scheduler: _scheduler_pb2.SchedulerJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scheduler", b"scheduler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "last_sequence", b"last_sequence", "message", b"message", "run_dir", b"run_dir", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "last_sequence", b"last_sequence", "message", b"message", "run_dir", b"run_dir", "scheduler", b"scheduler", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from sleap_rtc_proto.v1 import scheduler_pb2 as sleap__rtc__proto_dot_v1_dot_scheduler__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sleap_rtc_proto/v1/progress.proto\x12\x12sleap_rtc_proto.v1\"\x9a\x02\n\x0bJobProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x30\n\x05\x65vent\x18\x03 \x01(\x0e\x32!.sleap_rtc_proto.v1.ProgressEvent\x12\x12\n\x05\x65poch\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05\x62\x61tch\x18\x05 \x01(\rH\x01\x88\x01\x01\x12=\n\x07metrics\x18\x06 \x03(\x0b\x32,.sleap_rtc_proto.v1.JobProgress.MetricsEntry\x12\x0c\n\x04what\x18\x07 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x08\n\x06_epochB\x08\n\x06_batch\"h\n\x06JobLog\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\x06stream\x18\x03 \x01(\x0e\x32\x1d.sleap_rtc_proto.v1.LogStream\x12\r\n\x05lines\x18\x04 \x03(\t\"\x82\x01\n\x0bJobComplete\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0f\n\x07run_dir\x18\x03 \x01(\t\x12\x0f\n\x07outputs\x18\x04 \x03(\t\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12\x15\n\rstopped_early\x18\x06 \x01(\x08\"\xbf\x01\n\tJobFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\x04\x63ode\x18\x03 \x01(\x0e\x32\x1f.sleap_rtc_proto.v1.FailureCode\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08log_tail\x18\x06 \x03(\t\x12\x18\n\x10\x64uration_seconds\x18\x07 \x01(\x01\x42\x0c\n\n_exit_code\"B\n\x10JobProgressBatch\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.sleap_rtc_proto.v1.JobProgress*\xe9\x01\n\rProgressEvent\x12\x1e\n\x1aPROGRESS_EVENT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPROGRESS_EVENT_TRAIN_BEGIN\x10\x01\x12\x1e\n\x1aPROGRESS_EVENT_EPOCH_BEGIN\x10\x02\x12\x1e\n\x1aPROGRESS_EVENT_BATCH_START\x10\x03\x12\x1c\n\x18PROGRESS_EVENT_BATCH_END\x10\x04\x12\x1c\n\x18PROGRESS_EVENT_EPOCH_END\x10\x05\x12\x1c\n\x18PROGRESS_EVENT_TRAIN_END\x10\x06*l\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x12\x15\n\x11LOG_STREAM_WORKER\x10\x03*\xe3\x01\n\x0b\x46\x61ilureCode\x12\x1c\n\x18\x46\x41ILURE_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x46\x41ILURE_CODE_TRAINER_EXITED\x10\x01\x12\"\n\x1e\x46\x41ILURE_CODE_TRAINER_NOT_FOUND\x10\x02\x12\x1a\n\x16\x46\x41ILURE_CODE_CANCELLED\x10\x03\x12\x18\n\x14\x46\x41ILURE_CODE_TIMEOUT\x10\x04\x12 \n\x1c\x46\x41ILURE_CODE_WORKER_SHUTDOWN\x10\x05\x12\x19\n\x15\x46\x41ILURE_CODE_INTERNAL\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sleap_rtc_proto/v1/progress.proto\x12\x12sleap_rtc_proto.v1\x1a\"sleap_rtc_proto/v1/scheduler.proto\"\x9a\x02\n\x0bJobProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x30\n\x05\x65vent\x18\x03 \x01(\x0e\x32!.sleap_rtc_proto.v1.ProgressEvent\x12\x12\n\x05\x65poch\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05\x62\x61tch\x18\x05 \x01(\rH\x01\x88\x01\x01\x12=\n\x07metrics\x18\x06 \x03(\x0b\x32,.sleap_rtc_proto.v1.JobProgress.MetricsEntry\x12\x0c\n\x04what\x18\x07 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x08\n\x06_epochB\x08\n\x06_batch\"\x9d\x01\n\x06JobLog\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\x06stream\x18\x03 \x01(\x0e\x32\x1d.sleap_rtc_proto.v1.LogStream\x12\r\n\x05lines\x18\x04 \x03(\t\x12\x33\n\tscheduler\x18\x05 \x01(\x0b\x32 .sleap_rtc_proto.v1.SchedulerJob\"\xb7\x01\n\x0bJobComplete\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0f\n\x07run_dir\x18\x03 \x01(\t\x12\x0f\n\x07outputs\x18\x04 \x03(\t\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12\x15\n\rstopped_early\x18\x06 \x01(\x08\x12\x33\n\tscheduler\x18\x07 \x01(\x0b\x32 .sleap_rtc_proto.v1.SchedulerJob\"\xf4\x01\n\tJobFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\x04\x63ode\x18\x03 \x01(\x0e\x32\x1f.sleap_rtc_proto.v1.FailureCode\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08log_tail\x18\x06 \x03(\t\x12\x18\n\x10\x64uration_seconds\x18\x07 \x01(\x01\x12\x33\n\tscheduler\x18\x08 \x01(\x0b\x32 .sleap_rtc_proto.v1.SchedulerJobB\x0c\n\n_exit_code\"B\n\x10JobProgressBatch\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.sleap_rtc_proto.v1.JobProgress*\xe9\x01\n\rProgressEvent\x12\x1e\n\x1aPROGRESS_EVENT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPROGRESS_EVENT_TRAIN_BEGIN\x10\x01\x12\x1e\n\x1aPROGRESS_EVENT_EPOCH_BEGIN\x10\x02\x12\x1e\n\x1aPROGRESS_EVENT_BATCH_START\x10\x03\x12\x1c\n\x18PROGRESS_EVENT_BATCH_END\x10\x04\x12\x1c\n\x18PROGRESS_EVENT_EPOCH_END\x10\x05\x12\x1c\n\x18PROGRESS_EVENT_TRAIN_END\x10\x06*l\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x12\x15\n\x11LOG_STREAM_WORKER\x10\x03*\xe3\x01\n\x0b\x46\x61ilureCode\x12\x1c\n\x18\x46\x41ILURE_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x46\x41ILURE_CODE_TRAINER_EXITED\x10\x01\x12\"\n\x1e\x46\x41ILURE_CODE_TRAINER_NOT_FOUND\x10\x02\x12\x1a\n\x16\x46\x41ILURE_CODE_CANCELLED\x10\x03\x12\x18\n\x14\x46\x41ILURE_CODE_TIMEOUT\x10\x04\x12 \n\x1c\x46\x41ILURE_CODE_WORKER_SHUTDOWN\x10\x05\x12\x19\n\x15\x46\x41ILURE_CODE_INTERNAL\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +34,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBPROGRESS_METRICSENTRY']._loaded_options = None
   _globals['_JOBPROGRESS_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_PROGRESSEVENT']._serialized_start=844
-  _globals['_PROGRESSEVENT']._serialized_end=1077
-  _globals['_LOGSTREAM']._serialized_start=1079
-  _globals['_LOGSTREAM']._serialized_end=1187
-  _globals['_FAILURECODE']._serialized_start=1190
-  _globals['_FAILURECODE']._serialized_end=1417
-  _globals['_JOBPROGRESS']._serialized_start=58
-  _globals['_JOBPROGRESS']._serialized_end=340
-  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_start=274
-  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_end=320
-  _globals['_JOBLOG']._serialized_start=342
-  _globals['_JOBLOG']._serialized_end=446
-  _globals['_JOBCOMPLETE']._serialized_start=449
-  _globals['_JOBCOMPLETE']._serialized_end=579
-  _globals['_JOBFAILED']._serialized_start=582
-  _globals['_JOBFAILED']._serialized_end=773
-  _globals['_JOBPROGRESSBATCH']._serialized_start=775
-  _globals['_JOBPROGRESSBATCH']._serialized_end=841
+  _globals['_PROGRESSEVENT']._serialized_start=1040
+  _globals['_PROGRESSEVENT']._serialized_end=1273
+  _globals['_LOGSTREAM']._serialized_start=1275
+  _globals['_LOGSTREAM']._serialized_end=1383
+  _globals['_FAILURECODE']._serialized_start=1386
+  _globals['_FAILURECODE']._serialized_end=1613
+  _globals['_JOBPROGRESS']._serialized_start=94
+  _globals['_JOBPROGRESS']._serialized_end=376
+  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_start=310
+  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_end=356
+  _globals['_JOBLOG']._serialized_start=379
+  _globals['_JOBLOG']._serialized_end=536
+  _globals['_JOBCOMPLETE']._serialized_start=539
+  _globals['_JOBCOMPLETE']._serialized_end=722
+  _globals['_JOBFAILED']._serialized_start=725
+  _globals['_JOBFAILED']._serialized_end=969
+  _globals['_JOBPROGRESSBATCH']._serialized_start=971
+  _globals['_JOBPROGRESSBATCH']._serialized_end=1037
 # @@protoc_insertion_point(module_scope)

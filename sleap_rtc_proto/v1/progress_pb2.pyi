@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from sleap_rtc_proto.v1 import scheduler_pb2 as _scheduler_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -230,6 +231,7 @@ class JobLog(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     LINES_FIELD_NUMBER: _builtins.int
+    SCHEDULER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """job_id is the job. Required."""
     sequence: _builtins.int
@@ -240,6 +242,14 @@ class JobLog(_message.Message):
     def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """lines are output lines without their line endings. At least one."""
 
+    @_builtins.property
+    def scheduler(self) -> _scheduler_pb2.SchedulerJob:
+        """scheduler is set on the worker's own line announcing a change of the
+        job's state in the batch scheduler (queued, running on a node, ended);
+        the lines say the same in words for clients without the feature (1.2,
+        feature "scheduler").
+        """
+
     def __init__(
         self,
         *,
@@ -247,10 +257,11 @@ class JobLog(_message.Message):
         sequence: _builtins.int = ...,
         stream: Global___LogStream.ValueType = ...,
         lines: _abc.Iterable[_builtins.str] | None = ...,
+        scheduler: _scheduler_pb2.SchedulerJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scheduler", b"scheduler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lines", b"lines", "sequence", b"sequence", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lines", b"lines", "scheduler", b"scheduler", "sequence", b"sequence", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -268,6 +279,7 @@ class JobComplete(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     STOPPED_EARLY_FIELD_NUMBER: _builtins.int
+    SCHEDULER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """job_id is the job. Required."""
     sequence: _builtins.int
@@ -282,6 +294,12 @@ class JobComplete(_message.Message):
     def outputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """outputs are worker paths of the main outputs (checkpoints, config)."""
 
+    @_builtins.property
+    def scheduler(self) -> _scheduler_pb2.SchedulerJob:
+        """scheduler is the batch job's final state and exit status (1.2, feature
+        "scheduler").
+        """
+
     def __init__(
         self,
         *,
@@ -291,10 +309,11 @@ class JobComplete(_message.Message):
         outputs: _abc.Iterable[_builtins.str] | None = ...,
         duration_seconds: _builtins.float = ...,
         stopped_early: _builtins.bool = ...,
+        scheduler: _scheduler_pb2.SchedulerJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scheduler", b"scheduler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_seconds", b"duration_seconds", "job_id", b"job_id", "outputs", b"outputs", "run_dir", b"run_dir", "sequence", b"sequence", "stopped_early", b"stopped_early"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_seconds", b"duration_seconds", "job_id", b"job_id", "outputs", b"outputs", "run_dir", b"run_dir", "scheduler", b"scheduler", "sequence", b"sequence", "stopped_early", b"stopped_early"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -313,6 +332,7 @@ class JobFailed(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     LOG_TAIL_FIELD_NUMBER: _builtins.int
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    SCHEDULER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """job_id is the job. Required."""
     sequence: _builtins.int
@@ -331,6 +351,12 @@ class JobFailed(_message.Message):
     def log_tail(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """log_tail is the last lines of the trainer's output."""
 
+    @_builtins.property
+    def scheduler(self) -> _scheduler_pb2.SchedulerJob:
+        """scheduler is the batch job's final state and exit status, e.g. TIMEOUT
+        or OUT_OF_MEMORY (1.2, feature "scheduler").
+        """
+
     def __init__(
         self,
         *,
@@ -341,10 +367,11 @@ class JobFailed(_message.Message):
         message: _builtins.str = ...,
         log_tail: _abc.Iterable[_builtins.str] | None = ...,
         duration_seconds: _builtins.float = ...,
+        scheduler: _scheduler_pb2.SchedulerJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "scheduler", b"scheduler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "code", b"code", "duration_seconds", b"duration_seconds", "exit_code", b"exit_code", "job_id", b"job_id", "log_tail", b"log_tail", "message", b"message", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "code", b"code", "duration_seconds", b"duration_seconds", "exit_code", b"exit_code", "job_id", b"job_id", "log_tail", b"log_tail", "message", b"message", "scheduler", b"scheduler", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

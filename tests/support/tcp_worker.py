@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """A real WorkerService in its own process, reachable over loopback TCP (tests only).
 
-``tcp_worker.py MNT STATE PORT_FILE TRAINER_JSON``: starts the service on the
-state folder, serves each TCP connection as one link (frames length-prefixed
-with 4 bytes, big endian) and writes the port to PORT_FILE once it listens.
-The test kills this process with SIGKILL and starts it again, so the transport
-is a stand-in but the worker, its job store and its trainers are real.
+``tcp_worker.py MNT STATE PORT_FILE TRAINER_JSON [EXTRA_JSON]``: starts the
+service on the state folder (EXTRA_JSON: more WorkerConfig fields, e.g. the
+Slurm backend with ``"slurm": {...SlurmSettings fields}``), serves each TCP
+connection as one link (frames length-prefixed with 4 bytes, big endian) and
+writes the port to PORT_FILE once it listens. The test kills this process with
+SIGKILL and starts it again, so the transport is a stand-in but the worker, its
+job store and its trainers are real.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
+from sleap_rtc.config.worker import SlurmSettings
 from sleap_rtc.transport.link import LinkClosed
 from sleap_rtc.worker.service import WorkerService
 from sleap_rtc.worker.serviceconfig import WorkerConfig
@@ -58,10 +62,18 @@ class StreamLink:
         self.writer.close()
 
 
-async def main(mnt: Path, state: Path, port_file: Path, trainer: list[str]) -> None:
+async def main(
+    mnt: Path, state: Path, port_file: Path, trainer: list[str], more: dict[str, Any]
+) -> None:
     # The stand-in trainer lives in tests/support, which a confined trainer may not read.
     fields = {f.name for f in dataclasses.fields(WorkerConfig)}
-    extra = {"confinement": "off"} if "confinement" in fields else {}
+    extra: dict[str, Any] = {"confinement": "off"} if "confinement" in fields else {}
+    if "slurm" in more:
+        slurm = dict(more.pop("slurm"))
+        if slurm.get("bin_dir"):
+            slurm["bin_dir"] = Path(slurm["bin_dir"])
+        extra["slurm"] = SlurmSettings(**slurm)
+    extra.update(more)
     service = WorkerService(
         WorkerConfig(
             **extra,  # type: ignore[arg-type]
@@ -91,5 +103,11 @@ async def main(mnt: Path, state: Path, port_file: Path, trainer: list[str]) -> N
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     asyncio.run(
-        main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]))
+        main(
+            Path(sys.argv[1]),
+            Path(sys.argv[2]),
+            Path(sys.argv[3]),
+            json.loads(sys.argv[4]),
+            json.loads(sys.argv[5]) if len(sys.argv) > 5 else {},
+        )
     )

@@ -8,11 +8,11 @@ file ends that file's records early and is reported in :attr:`CaptureReader.prob
 with the byte offset; only files that are not captures at all raise
 :class:`CaptureError`.
 
-The parts: :mod:`~sleap_rtc.capture.mcapio` (records of the file),
-:mod:`~sleap_rtc.capture.frames` (a frame -> a record),
-:mod:`~sleap_rtc.capture.fragments` (reassembly),
-:mod:`~sleap_rtc.capture.record` (the record and its JSON),
-:mod:`~sleap_rtc.capture.jsonlines` and :mod:`~sleap_rtc.capture.parallel`
+The parts: :mod:`~sleap_rtc.capture.read.mcapio` (records of the file),
+:mod:`~sleap_rtc.capture.read.frames` (a frame -> a record; reassembly by the protocol's own
+:class:`~sleap_rtc_proto.stream.Reassembler`),
+:mod:`~sleap_rtc.capture.read.record` (the record and its JSON),
+:mod:`~sleap_rtc.capture.tojson.jsonlines` and :mod:`~sleap_rtc.capture.tojson.parallel`
 (the ``cat --json`` fast path).
 """
 
@@ -22,27 +22,27 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sleap_rtc.capture.fragments import Reassembler
-from sleap_rtc.capture.frames import Channel, decode_frame, make_channel, raw_record
-from sleap_rtc.capture.jsonlines import LineMaker, json_block, line_maker
-from sleap_rtc.capture.legacy import read_text_capture
-from sleap_rtc.capture.mcapio import (
+from sleap_rtc.capture.read.frames import Channel, Fragments, decode_frame, make_channel, raw_record
+from sleap_rtc.capture.read.legacy import read_text_capture
+from sleap_rtc.capture.read.mcapio import (
     MAGIC,
     CaptureError,
-    ChannelRecord,
+    Follow,
     McapScan,
     Problem,
     RawMessage,
-    SchemaRecord,
-    chunk_plan,
 )
-from sleap_rtc.capture.record import Record
+from sleap_rtc.capture.read.mcaprecords import ChannelRecord, SchemaRecord, chunk_plan
+from sleap_rtc.capture.read.record import Record
+from sleap_rtc.capture.tojson.jsonlines import LineHook, LineMaker, json_block, line_maker
 
 __all__ = [
     "CaptureReader",
     "FileInfo",
 ]
 
+#: (connection, direction) -> message id -> JSON members appended to its line.
+Extras = dict[tuple[str, str], dict[int, str]]
 #: Lines per batch when records are turned into JSON one by one.
 _BATCH = 1024
 
@@ -72,6 +72,8 @@ class CaptureReader:
         fallback_schema: decode protobuf channels that have no schema with
             this code's schema (loaded from its descriptors, not its classes).
         keep_frames: keep the captured frames on each record (for ``filter``).
+        follow: wait at the end of the last file for more (a capture being
+            written), until its footer or the :class:`Follow`'s timeout.
 
     Raises:
         CaptureError: a file cannot be opened, or is neither MCAP nor text.
@@ -84,6 +86,7 @@ class CaptureReader:
         reassemble: bool = True,
         fallback_schema: bool = False,
         keep_frames: bool = False,
+        follow: Follow | None = None,
     ) -> None:
         if not paths:
             raise CaptureError("no capture file given")
@@ -91,11 +94,21 @@ class CaptureReader:
         self.reassemble = reassemble
         self.fallback_schema = fallback_schema
         self.keep_frames = keep_frames
+        #: Follow the last file while it is written (``cat -f``): see :class:`Follow`.
+        self.follow = follow
         self.problems: list[Problem] = []
         self.files: list[FileInfo] = []
+        #: JSON members added to the lines of :meth:`json_batches` (see there).
+        self.extras: Extras | None = None
+        self.hook: LineHook | None = None
         self._kinds: list[str] = []
         for path in self.paths:
             self._kinds.append(_detect(path))
+
+    @property
+    def kinds(self) -> list[str]:
+        """What each path is: "mcap" or "text"."""
+        return list(self._kinds)
 
     @property
     def stopped_early(self) -> bool:
@@ -109,7 +122,7 @@ class CaptureReader:
 
     def records(self) -> Iterator[Record]:
         """Every record of every file, in file order."""
-        fragments = Reassembler(self.keep_frames)
+        fragments = Fragments(self.keep_frames)
         for path, kind in zip(self.paths, self._kinds, strict=True):
             if kind == "text":
                 yield from self._text(path)
@@ -128,16 +141,38 @@ class CaptureReader:
                 self._done(scan)
         yield from fragments.incomplete()
 
-    def json_lines(self, jobs: int = 1) -> Iterator[str]:
+    def json_lines(self, jobs: int = 1, extras: Extras | None = None) -> Iterator[str]:
         """``record.json_line()`` of every record, in file order (see :meth:`json_batches`)."""
-        for batch in self.json_batches(jobs):
+        for batch in self.json_batches(jobs, extras):
             for item in batch:
                 if "\n" in item:
                     yield from item.split("\n")
                 else:
                     yield item
 
-    def json_batches(self, jobs: int = 1) -> Iterator[list[str]]:
+    def json_line(self, rec: Record) -> str:
+        """``rec.json_line()``, with the members :attr:`extras` gives it appended."""
+        line = rec.json_line()
+        if rec.kind != "protobuf" or rec.message_id is None:
+            return line
+        extras, hook = self.extras, self.hook
+        more = None
+        if extras:
+            more = extras.get((rec.connection, rec.direction), {}).get(rec.message_id)
+        elif hook is not None and (rec.correlation_id or rec.body not in hook.skip):
+            more = hook(
+                rec.connection,
+                rec.direction,
+                rec.message_id,
+                rec.correlation_id or 0,
+                rec.body,
+                rec.time_ns,
+            )
+        return line[:-1] + more + "}" if more else line
+
+    def json_batches(
+        self, jobs: int = 1, extras: Extras | None = None, hook: LineHook | None = None
+    ) -> Iterator[list[str]]:
         """:meth:`json_lines` in lists, a chunk of the file at a time (for big writes).
 
         An item of a list may hold several lines joined by newlines (JSON
@@ -145,27 +180,36 @@ class CaptureReader:
 
         Whole Envelopes of a known body, without unknown fields, are turned
         into their JSON line straight from the chunk's bytes
-        (:mod:`~sleap_rtc.capture.jsonlines`), without a :class:`Record`; the
+        (:mod:`~sleap_rtc.capture.tojson.jsonlines`), without a :class:`Record`; the
         output is the same. With ``jobs`` > 1, a single complete MCAP file
         (summary and chunk index present) is decoded by that many processes,
         chunk by chunk, and still comes out in file order; fragments are
         reassembled in this process.
+
+        ``extras``: (connection, direction) -> message id -> JSON members to
+        append to that message's object (``cat --json`` adds the request an
+        answer answers this way); also used by :meth:`json_line`. Or ``hook``,
+        asked for them as the lines are made (one process only: ``jobs`` is 1).
         """
+        self.extras = extras
+        self.hook = hook
+        if hook is not None:
+            jobs = 1
         if self.keep_frames:
-            yield from _batched(r.json_line() for r in self.records())
+            yield from _batched(self.json_line(r) for r in self.records())
             return
         if jobs > 1 and len(self.paths) == 1 and self._kinds[0] == "mcap":
             plan = chunk_plan(self.paths[0])
             if plan is not None and len(plan.chunks) > 1:
                 yield from self._parallel(self.paths[0], jobs)
                 return
-        fragments = Reassembler()
-        for path, kind in zip(self.paths, self._kinds, strict=True):
+        fragments = Fragments()
+        for index, (path, kind) in enumerate(zip(self.paths, self._kinds, strict=True)):
             if kind == "text":
-                yield from _batched(r.json_line() for r in self._text(path))
+                yield from _batched(self.json_line(r) for r in self._text(path))
                 continue
-            yield from self._mcap_json(path, fragments)
-        tail = [r.json_line() for r in fragments.incomplete()]
+            yield from self._mcap_json(index, path, fragments)
+        tail = [self.json_line(r) for r in fragments.incomplete()]
         if tail:
             yield tail
 
@@ -185,7 +229,7 @@ class CaptureReader:
             )
 
     def _open(self, path: str) -> tuple[McapScan, dict[int, Channel | None]]:
-        scan = McapScan(path)
+        scan = McapScan(path, self.follow if path == self.paths[-1] else None)
         # The file's metadata list fills in as it is read (the capture's own comes first).
         self.files.append(FileInfo(path, "mcap", metadata=scan.metadata))
         return scan, {}
@@ -212,7 +256,7 @@ class CaptureReader:
 
         return lookup
 
-    def _mcap_json(self, path: str, fragments: Reassembler) -> Iterator[list[str]]:
+    def _mcap_json(self, index: int, path: str, fragments: Fragments) -> Iterator[list[str]]:
         scan, channels = self._open(path)
         lookup = self._lookup(path, scan, channels)
         fast: dict[int, LineMaker | None] = {}
@@ -221,19 +265,23 @@ class CaptureReader:
             ch = lookup(cid)
             if ch is None or ch.kind != "protobuf" or ch.schema is None:
                 return None
-            return line_maker(ch.schema, ch.direction, ch.connection)
+            side = self.extras.get((ch.connection, ch.direction)) if self.extras else None
+            return line_maker(ch.schema, ch.direction, ch.connection, side, self.hook)
 
         def slow(msg: RawMessage) -> list[str]:
-            return [r.json_line() for r in self._handle(msg, lookup, fragments)]
+            return [self.json_line(r) for r in self._handle(msg, lookup, fragments)]
 
         try:
+            hook = self.hook
             for data, start in scan.blocks():
                 out: list[str] = []
                 note = scan.salvaged
+                if hook is not None:
+                    hook.block(index, start, scan)
                 if note is not None:
                     for msg in scan.block_messages(data, start):
                         records = _marked(self._handle(msg, lookup, fragments), note)
-                        out.extend(r.json_line() for r in records)
+                        out.extend(self.json_line(r) for r in records)
                 else:
                     json_block(scan, data, start, fast, make_fast, slow, out)
                 if out:
@@ -242,7 +290,7 @@ class CaptureReader:
             self._done(scan)
 
     def _parallel(self, path: str, jobs: int) -> Iterator[list[str]]:
-        from sleap_rtc.capture.parallel import parallel_json
+        from sleap_rtc.capture.tojson.parallel import parallel_json
 
         plan = chunk_plan(path)
         assert plan is not None
@@ -252,15 +300,18 @@ class CaptureReader:
         channels = {
             cid: self._channel(path, rec, plan.schemas) for cid, rec in plan.channels.items()
         }
-        fragments = Reassembler()
+        fragments = Fragments()
 
         def finish(msg: RawMessage, note: str | None) -> list[str]:
             records = self._handle(msg, channels.get, fragments)
-            return [r.json_line() for r in (records if note is None else _marked(records, note))]
+            shown = records if note is None else _marked(records, note)
+            return [self.json_line(r) for r in shown]
 
-        yield from parallel_json(path, plan, jobs, self.fallback_schema, finish, self.problems)
+        yield from parallel_json(
+            path, plan, jobs, self.fallback_schema, finish, self.problems, self.extras
+        )
         self.files[-1].complete = not any(p.lost and p.file == path for p in self.problems)
-        tail = [r.json_line() for r in fragments.incomplete()]
+        tail = [self.json_line(r) for r in fragments.incomplete()]
         if tail:
             yield tail
 
@@ -268,7 +319,7 @@ class CaptureReader:
         self,
         msg: RawMessage,
         lookup: Callable[[int], Channel | None],
-        fragments: Reassembler,
+        fragments: Fragments,
     ) -> Iterator[Record]:
         """The record(s) of one captured message (none while a fragmented message is incomplete)."""
         cid = msg[0]

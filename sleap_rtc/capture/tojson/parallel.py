@@ -12,16 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sleap_rtc.capture.frames import Channel, make_channel, raw_record
-from sleap_rtc.capture.jsonlines import LineMaker, json_block, line_maker
-from sleap_rtc.capture.mcapio import ChunkPlan, McapScan, Problem, RawMessage
+from sleap_rtc.capture.read.frames import Channel, make_channel, raw_record
+from sleap_rtc.capture.read.mcapio import McapScan, Problem, RawMessage
+from sleap_rtc.capture.read.mcaprecords import ChunkPlan
+from sleap_rtc.capture.tojson.jsonlines import LineMaker, json_block, line_maker
 
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(path: str, plan: ChunkPlan, fallback: bool) -> None:
+def _worker_init(
+    path: str, plan: ChunkPlan, fallback: bool, extras: dict[tuple[str, str], dict[int, str]]
+) -> None:
     _WORKER.clear()
-    _WORKER.update(path=path, plan=plan, fallback=fallback, channels={}, fast={}, scan=None)
+    _WORKER.update(
+        path=path, plan=plan, fallback=fallback, channels={}, fast={}, scan=None, extras=extras
+    )
 
 
 def _worker_channel(cid: int) -> Channel | None:
@@ -39,7 +44,8 @@ def _worker_fast(cid: int) -> LineMaker | None:
     ch = _worker_channel(cid)
     if ch is None or ch.kind != "protobuf" or ch.schema is None:
         return None
-    return line_maker(ch.schema, ch.direction, ch.connection)
+    side = _WORKER["extras"].get((ch.connection, ch.direction))
+    return line_maker(ch.schema, ch.direction, ch.connection, side)
 
 
 def _worker_slow(msg: RawMessage) -> list[Any]:
@@ -87,13 +93,14 @@ def parallel_json(
     fallback: bool,
     finish: Callable[[RawMessage, str | None], list[str]],
     problems: list[Problem],
+    extras: dict[tuple[str, str], dict[int, str]] | None = None,
 ) -> Iterator[list[str]]:
     """Batches of JSON lines of one complete file, in file order.
 
     An item of a batch may hold several lines, joined by newlines.
 
     ``finish`` turns a message the workers sent back into its line(s), in the
-    main process, with the note of the damaged chunk it was salvaged from (or
+    main process (with ``extras``), with the note of the damaged chunk it was salvaged from (or
     None); the workers' problems are appended to ``problems``.
     """
     import multiprocessing
@@ -102,7 +109,8 @@ def parallel_json(
     spans = [plan.chunks[i : i + per] for i in range(0, len(plan.chunks), per)]
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ctx.Pool(jobs, initializer=_worker_init, initargs=(path, plan, fallback)) as pool:
+    initargs = (path, plan, fallback, extras or {})
+    with ctx.Pool(jobs, initializer=_worker_init, initargs=initargs) as pool:
         for items, found in pool.imap(_worker_lines, spans):
             problems.extend(found)
             for item in items:

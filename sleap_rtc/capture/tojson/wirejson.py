@@ -12,7 +12,7 @@ field-number order, each singular field at most once, known fields and enum
 values only, well-formed lengths. Anything else (unknown fields, out-of-order
 or repeated singular fields, unknown enum values, groups, well-known types,
 recursive types, invalid UTF-8, truncation) gives ``None``, and the caller
-decodes that message the general way (upb, :mod:`sleap_rtc.capture.convert`),
+decodes that message the general way (upb, :mod:`sleap_rtc.capture.tojson.convert`),
 which is authoritative. So the output is either json_format's or nothing.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from sleap_rtc.capture.convert import json_double, json_float
+from sleap_rtc.capture.tojson.convert import json_double, json_float
 
 #: ``(buf, pos, end) -> JSON text``, or None to take the general path.
 WireJson = Callable[[Any, int, int], "str | None"]

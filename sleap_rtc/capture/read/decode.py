@@ -4,8 +4,8 @@ A protobuf schema record holds a FileDescriptorSet. :func:`load_schema` builds
 a private descriptor pool from it and a message class with
 ``message_factory.GetMessageClass``; today's compiled bindings are never used
 to decode. A :class:`LoadedSchema` caches, per message type, the converters to
-json_format's dict and JSON text (:mod:`sleap_rtc.capture.convert`) and the
-wire-to-JSON decoders of the fast path (:mod:`sleap_rtc.capture.wirejson`).
+json_format's dict and JSON text (:mod:`sleap_rtc.capture.tojson.convert`) and the
+wire-to-JSON decoders of the fast path (:mod:`sleap_rtc.capture.tojson.wirejson`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from sleap_rtc.capture.convert import (
+from sleap_rtc.capture.tojson.convert import (
     Converter,
     JsonConverter,
     compile_converter,
     compile_json,
 )
-from sleap_rtc.capture.wirejson import WireJson, compile_wire_json
+from sleap_rtc.capture.tojson.wirejson import WireJson, compile_wire_json
 
 __all__ = [
     "FIRST_BODY_FIELD",
@@ -55,9 +55,10 @@ class LoadedSchema:
     body_numbers: frozenset[int] = frozenset()
     #: Envelope header fields this schema names beyond the four of v1.0 (a newer minor's)
     extra_header: frozenset[str] = frozenset()
-    #: wire -> JSON decoders (:mod:`sleap_rtc.capture.wirejson`), by full name
+    #: wire -> JSON decoders (:mod:`sleap_rtc.capture.tojson.wirejson`), by full name
     wire_decoders: dict[str, WireJson] = field(default_factory=dict)
     _wire_bodies: dict[int, tuple[str, WireJson]] | None = None
+    _header_bodies: dict[int, str] | None = None
     _wire_checked: bool = False
 
     def wire_bodies(self) -> dict[int, tuple[str, WireJson]] | None:
@@ -72,6 +73,17 @@ class LoadedSchema:
             self._wire_checked = True
             self._wire_bodies = _wire_bodies(self.descriptor, self.wire_decoders)
         return self._wire_bodies
+
+    def header_bodies(self) -> dict[int, str] | None:
+        """Body field tag -> body name (fragment included), when the header is the standard one.
+
+        None when the Envelope is not laid out the way :meth:`wire_bodies`
+        needs: such captures are read the general way.
+        """
+        if self._header_bodies is None and _standard(self.descriptor):
+            oneof = self.descriptor.oneofs_by_name["body"]
+            self._header_bodies = {fd.number << 3 | 2: fd.name for fd in oneof.fields}
+        return self._header_bodies
 
     def converter(self, descriptor: Descriptor) -> Converter:
         conv = self.converters.get(descriptor.full_name)
@@ -113,18 +125,24 @@ def _shape(descriptor: Descriptor, names: dict[str, tuple[int, int]]) -> bool:
     )
 
 
+def _standard(descriptor: Descriptor) -> bool:
+    """The v1.0 header (version, message_id, correlation_id, sent time), a body, nothing else."""
+    oneof = descriptor.oneofs_by_name.get("body")
+    if oneof is None or not _shape(descriptor, _HEADER):
+        return False
+    version = descriptor.fields_by_name["version"].message_type
+    if version is None or len(version.fields) != 2 or not _shape(version, _VERSION):
+        return False
+    bodies = {f.name for f in oneof.fields}
+    return {f.name for f in descriptor.fields} == bodies | set(_HEADER)
+
+
 def _wire_bodies(
     descriptor: Descriptor, cache: dict[str, WireJson]
 ) -> dict[int, tuple[str, WireJson]] | None:
-    oneof = descriptor.oneofs_by_name.get("body")
-    if oneof is None or not _shape(descriptor, _HEADER):
+    if not _standard(descriptor):
         return None
-    version = descriptor.fields_by_name["version"].message_type
-    if version is None or len(version.fields) != 2 or not _shape(version, _VERSION):
-        return None
-    bodies = {f.name for f in oneof.fields}
-    if {f.name for f in descriptor.fields} != bodies | set(_HEADER):
-        return None
+    oneof = descriptor.oneofs_by_name["body"]
     table: dict[int, tuple[str, WireJson]] = {}
     for fd in oneof.fields:
         sub = fd.message_type

@@ -8,20 +8,31 @@ with the reason).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.decode import FIRST_BODY_FIELD, LoadedSchema, SchemaProblem, load_schema
-from sleap_rtc.capture.legacy import looks_legacy, parse_frame
-from sleap_rtc.capture.mcapio import ChannelRecord, RawMessage, SchemaRecord
-from sleap_rtc.capture.rawproto import unknown_field_set
-from sleap_rtc.capture.record import Record
+from sleap_rtc.capture.read.decode import FIRST_BODY_FIELD, LoadedSchema, SchemaProblem, load_schema
+from sleap_rtc.capture.read.legacy import looks_legacy, parse_frame
+from sleap_rtc.capture.read.mcapio import RawMessage
+from sleap_rtc.capture.read.mcaprecords import ChannelRecord, SchemaRecord
+from sleap_rtc.capture.read.rawproto import unknown_field_set
+from sleap_rtc.capture.read.record import Record
 from sleap_rtc_proto.bodies import JOB_EVENTS
+from sleap_rtc_proto.errors import ProtocolError
+from sleap_rtc_proto.stream import Reassembler
 
-__all__ = ["Channel", "decode_frame", "fallback_schema", "make_channel", "raw_record"]
+__all__ = [
+    "Channel",
+    "Fragments",
+    "decode_frame",
+    "fallback_schema",
+    "make_channel",
+    "raw_record",
+]
 
 
 @dataclass
@@ -203,3 +214,99 @@ def raw_record(msg: RawMessage, ch: Channel, frames: list[Any] | None) -> Record
         channel=ch.record,
         frames=frames,
     )
+
+
+#: Fragmented messages kept pending per connection and direction before the oldest
+#: is given up (a capture may hold more in flight than a live peer allows).
+MAX_PENDING_FRAGMENTS = 64
+
+
+@dataclass
+class _Pending:
+    first_time: int
+    frames: list[Any]
+
+
+class Fragments:
+    """Fragment reassembly of one reading (all the files of a capture).
+
+    The protocol's own :class:`~sleap_rtc_proto.stream.Reassembler` does the
+    work, one per connection and direction (message ids are numbered per
+    direction), with the protocol's message size cap; what it refuses
+    (inconsistent, duplicated or out-of-range pieces) becomes a raw record with
+    its reason, and sets that never complete are reported at the end.
+    """
+
+    def __init__(self, keep_frames: bool = False) -> None:
+        self.keep_frames = keep_frames
+        self._streams: dict[tuple[str, str], Reassembler] = {}
+        self._pending: dict[tuple[str, str, int], _Pending] = {}
+
+    def add(self, rec: Record, ch: Channel, schema: LoadedSchema, msg: RawMessage) -> Record | None:
+        """Take one fragment record; the whole message once complete (or a raw record)."""
+        piece: Any = getattr(rec.envelope, "fragment")  # noqa: B009
+        mid = int(piece.fragmented_message_id)
+        side = (ch.connection, ch.direction)
+        stream = self._streams.get(side)
+        if stream is None:
+            stream = self._streams[side] = Reassembler(
+                timeout_s=float("inf"), max_pending=MAX_PENDING_FRAGMENTS
+            )
+        key = (*side, mid)
+        given_up = None
+        pending = self._pending.get(key)
+        if pending is None:
+            if stream.pending >= MAX_PENDING_FRAGMENTS:
+                oldest = stream.pending_ids()[0]
+                given_up = self._incomplete(side, oldest, stream.abandon(oldest))
+            pending = self._pending[key] = _Pending(msg[2], [])
+        if rec.frames:
+            pending.frames.extend(rec.frames)
+        try:
+            data = stream.feed(piece, msg[2] / 1e9)
+        except ProtocolError as exc:
+            self._pending.pop(key, None)
+            return Record(
+                msg[2],
+                ch.direction,
+                ch.connection,
+                "raw",
+                "fragment",
+                len(msg[4]),
+                message_id=mid,
+                reason=exc.message,
+                raw=msg[4],
+                frames=pending.frames or None,
+            )
+        if data is None:
+            return given_up
+        del self._pending[key]
+        whole = decode_frame(
+            (msg[0], msg[1], msg[2], msg[3], data), ch, schema, pending.frames or None
+        )
+        whole.fragments = int(piece.count)
+        return whole
+
+    def incomplete(self) -> Iterator[Record]:
+        """Records of the sets that never completed (at the end of the capture)."""
+        for side, stream in self._streams.items():
+            for mid in stream.pending_ids():
+                yield self._incomplete(side, mid, stream.abandon(mid))
+        self._pending.clear()
+
+    def _incomplete(
+        self, side: tuple[str, str], mid: int, counts: tuple[int, int] | None
+    ) -> Record:
+        received, count = counts or (0, 0)
+        pending = self._pending.pop((*side, mid), None) or _Pending(0, [])
+        return Record(
+            pending.first_time,
+            side[1],
+            side[0],
+            "raw",
+            "fragment",
+            0,
+            message_id=mid,
+            reason=f"fragmented message {mid} incomplete: {received} of {count} fragments captured",
+            frames=pending.frames if self.keep_frames and pending.frames else None,
+        )

@@ -7,15 +7,17 @@ receives to the writer. Recording a frame only appends it to a bounded queue
 redacts and writes. A full queue drops frames (counted); any write error stops
 the capture, is logged once, and the session carries on.
 
-The parts: :mod:`~sleap_rtc.capture.classify` (classify, redact, hold
-fragments), :mod:`~sleap_rtc.capture.parts` (one MCAP file of a capture) and
-:mod:`~sleap_rtc.capture.mcapwrite` (the MCAP writer).
+The parts: :mod:`~sleap_rtc.capture.write.classify` (classify, redact, hold
+fragments), :mod:`~sleap_rtc.capture.write.parts` (one MCAP file of a capture) and
+the ``mcap`` library's writer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -24,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.classify import FrameClassifier
-from sleap_rtc.capture.parts import SUMMARY_RESERVE, Connection, Part, fds, part_path
+from sleap_rtc.capture.write.classify import FrameClassifier
+from sleap_rtc.capture.write.parts import SUMMARY_RESERVE, Connection, Part, fds, part_path
 from sleap_rtc.transport.link import Link
 
 __all__ = [
@@ -51,7 +53,10 @@ MIN_MAX_BYTES = 64 * 1024
 DEFAULT_MAX_FILES = 10
 DEFAULT_QUEUE_FRAMES = 100_000
 DEFAULT_CHUNK_BYTES = 1024 * 1024
+#: The background writer finishes the open chunk and flushes the file this often.
+FLUSH_INTERVAL_S = 0.5
 _ROLES = ("client", "worker")
+_FINGERPRINT = re.compile(r"a=fingerprint:(\S+ \S+)")
 
 # One queued frame: (connection, direction, log time ns, frame)
 _Item = tuple[Connection, str, int, bytes]
@@ -148,12 +153,18 @@ class CaptureWriter(FrameClassifier):
         return self._active
 
     def connection(
-        self, connection_id: str, *, local_peer: str, remote_peer: str, local_role: str
+        self,
+        connection_id: str,
+        *,
+        local_peer: str,
+        remote_peer: str,
+        local_role: str,
+        session_key: str = "",
     ) -> Connection:
         """Describe one connection; its channels carry this as metadata."""
         if local_role not in _ROLES:
             raise ValueError(f"local_role must be 'client' or 'worker', not {local_role!r}")
-        return Connection(connection_id, local_peer, remote_peer, local_role)
+        return Connection(connection_id, local_peer, remote_peer, local_role, session_key)
 
     def record(
         self, conn: Connection, direction: str, frame: bytes, log_time_ns: int | None = None
@@ -233,12 +244,21 @@ class CaptureWriter(FrameClassifier):
     # -- writer thread -----------------------------------------------------
 
     def _run(self) -> None:
+        flushed = time.monotonic()
         while not self._closed and self._active:
             self._wake.wait(0.05)
             self._wake.clear()
             with self._lock:
                 try:
                     self._drain()
+                    # What was written reaches the file within FLUSH_INTERVAL_S, so that a
+                    # follower (``inspect cat -f``) sees it; a chunk at most that old is lost
+                    # if the process dies.
+                    now = time.monotonic()
+                    part = self._part
+                    if part is not None and part.pending and now - flushed >= FLUSH_INTERVAL_S:
+                        part.flush()
+                        flushed = now
                 except Exception as exc:
                     self._fail(exc, "write failed")
 
@@ -337,7 +357,11 @@ class RecordingLink:
         self.link = link
         self.writer = writer
         self._conn = writer.connection(
-            connection_id, local_peer=local_peer, remote_peer=remote_peer, local_role=local_role
+            connection_id,
+            local_peer=local_peer,
+            remote_peer=remote_peer,
+            local_role=local_role,
+            session_key=session_key(link),
         )
         if local_role == "client":
             self._out, self._in = fmt.CLIENT_TO_WORKER, fmt.WORKER_TO_CLIENT
@@ -364,6 +388,24 @@ class RecordingLink:
     def __getattr__(self, name: str) -> Any:
         # Transport extras (e.g. a WebRTC link's peer info) stay reachable.
         return getattr(self.link, name)
+
+
+def session_key(link: object) -> str:
+    """What both ends of a WebRTC link share: a digest of both DTLS fingerprints, or "".
+
+    Each peer connection has its own certificate, and both ends hold both
+    fingerprints (one in each session description), so the two sides'
+    captures of one connection carry the same key and no other connection's.
+    """
+    pc: Any = getattr(link, "pc", None)
+    try:
+        sdp = f"{pc.localDescription.sdp}\n{pc.remoteDescription.sdp}"
+    except AttributeError:  # not a WebRTC link (memory links, tests), or not negotiated
+        return ""
+    prints = sorted(set(_FINGERPRINT.findall(sdp)))
+    if len(prints) < 2:
+        return ""
+    return hashlib.sha256("\n".join(prints).encode()).hexdigest()[:24]
 
 
 def parse_size(text: str) -> int:

@@ -3,7 +3,7 @@
 :func:`line_maker` builds, for one protobuf channel, a function that turns a
 whole Envelope in a chunk buffer into its JSON line (what
 ``Record.json_line()`` gives, field for field) by reading the wire format
-(:mod:`sleap_rtc.capture.wirejson`), with no message object, no dict and no
+(:mod:`sleap_rtc.capture.tojson.wirejson`), with no message object, no dict and no
 copy of the frame. Whatever it does not take (fragments, unknown fields or
 bodies, anything unusual) it hands back (None), and the reader decodes that
 message the general way. :func:`json_block` walks one block of records.
@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Container, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sleap_rtc.capture.mcapio import OP_MESSAGE, McapScan, RawMessage
-from sleap_rtc.capture.wirejson import varint
+from sleap_rtc.capture.read.mcapio import OP_MESSAGE, McapScan, RawMessage
+from sleap_rtc.capture.tojson.wirejson import varint
 
 if TYPE_CHECKING:
-    from sleap_rtc.capture.decode import LoadedSchema
+    from sleap_rtc.capture.read.decode import LoadedSchema
 
 #: ``(buf, pos, end, log_time) -> JSON line``, or None for the general path.
 LineMaker = Callable[[Any, int, int, int], "str | None"]
@@ -34,16 +34,51 @@ _HEAD = struct.Struct("<BQHIQQ").unpack_from
 _MISSING: Any = object()
 
 
-def line_maker(schema: LoadedSchema, direction: str, connection: str) -> LineMaker | None:
-    """The fast JSON line function of a protobuf channel, or None (general path only)."""
+class LineHook(Protocol):
+    """What adds JSON members to the lines of some messages, as they are made (in file order).
+
+    Called for the messages with a correlation id and those of a body not in
+    :attr:`skip`; :meth:`block` is told which block the next messages are in.
+    """
+
+    @property
+    def skip(self) -> Container[str]: ...
+
+    def block(self, index: int, start: int, scan: McapScan) -> None: ...
+
+    def __call__(
+        self,
+        connection: str,
+        direction: str,
+        message_id: int,
+        correlation_id: int,
+        body: str,
+        time_ns: int,
+    ) -> str: ...
+
+
+def line_maker(
+    schema: LoadedSchema,
+    direction: str,
+    connection: str,
+    extras: dict[int, str] | None = None,
+    hook: LineHook | None = None,
+) -> LineMaker | None:
+    """The fast JSON line function of a protobuf channel, or None (general path only).
+
+    ``extras``: message id -> JSON members appended to that message's object
+    (``,"answers":{...}``, say), as :meth:`Record.json_line` callers add them;
+    or ``hook``, asked for them (see :class:`LineHook`).
+    """
     bodies = schema.wire_bodies()
     if bodies is None:
         return None
     middle = (
         f',"direction":{_enc(direction)},"connection":{_enc(connection)},"kind":"protobuf","body":'
     )
+    skip = hook.skip if hook is not None else ()
     table = {
-        tag: (f'{middle}{_enc(name)},"message_id":', decoder)
+        tag: (f'{middle}{_enc(name)},"message_id":', decoder, name not in skip, name)
         for tag, (name, decoder) in bodies.items()
     }
     times: dict[str, str] = {}
@@ -135,10 +170,15 @@ def line_maker(schema: LoadedSchema, direction: str, connection: str) -> LineMak
             head = times[s[:-9]] = '{"time":"' + stamp + "."
         job = got[1]
         extra = f',"sent_time_ns":{sent}' if sent else ""
+        message = got[0]
+        if extras and mid in extras:
+            message += extras[mid]
+        elif hook is not None and (cid or entry[2]):
+            message += hook(connection, direction, mid, cid, entry[3], t)
         return (
             f'{head}{s[-9:-3]}Z","time_ns":{s}{entry[0]}{mid},"correlation_id":{cid},'
             f'"job_id":{_enc(job) if job else "null"},"size":{end - start},'
-            f'"version":"{version}"{extra},"message":{got[0]}}}'
+            f'"version":"{version}"{extra},"message":{message}}}'
         )
 
     return line
@@ -162,7 +202,14 @@ def json_block(
     pos = 0
     size = len(data)
     append = out.append
+    # A record costs one step of the scan's budget (its bound on time: see mcapio).
+    allowed = scan.budget
+    steps = 0
     while pos + 9 <= size:
+        steps += 1
+        if steps > allowed:
+            scan.over_budget(start, pos, size)
+            return
         if pos + 31 <= size:  # room for a message record header: read it in one go
             opcode, length, cid, seq, lt, pt = _HEAD(data, pos)
         else:
@@ -171,6 +218,7 @@ def json_block(
         body = pos + 9
         end = body + length
         if end > size:
+            scan.budget -= steps
             scan.block_overrun(start, pos)
             return
         if opcode == OP_MESSAGE:
@@ -191,7 +239,9 @@ def json_block(
                 else:
                     append(line)
         elif not scan.block_record(opcode, data[body:end], start):
+            scan.budget -= steps
             return
         pos = end
+    scan.budget -= steps
     if pos != size:
         scan.block_tail(start)

@@ -22,7 +22,7 @@ from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from sleap_rtc.capture.rawproto import UNKNOWN_KEY, unknown_entry
+from sleap_rtc.capture.read.rawproto import UNKNOWN_KEY, unknown_entry
 
 Converter = Callable[[Any], dict[str, Any]]
 JsonConverter = Callable[[Any], str]

@@ -16,12 +16,26 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO
 
 from sleap_rtc.capture.format import METADATA_NAME, newer_format
+from sleap_rtc.capture.read.mcaprecords import (
+    BadRecord,
+    ChannelRecord,
+    SchemaRecord,
+    Statistics,
+    decompress,
+    decompress_prefix,
+    parse_channel,
+    parse_metadata,
+    parse_schema,
+    parse_statistics,
+    read_string,
+)
 
 MAGIC = b"\x89MCAP0\r\n"
 
@@ -41,6 +55,12 @@ MAX_CHUNK_BYTES = 1 << 30
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 #: Opcodes the MCAP specification defines (0x01..0x10); 0x80.. are user records.
 KNOWN_OPCODES = frozenset(range(0x01, 0x11))
+#: The records a file may hold: this many, plus one per byte of the file. Walking a
+#: record costs about a microsecond, so reading any file takes time linear in its size
+#: (a chunk that decompresses to 1 GiB of 9-byte records holds 119 million: without
+#: this bound about a minute for a file of a few kilobytes). A real capture holds
+#: about one record per 30 bytes of file; past the budget, reading stops, reported.
+RECORD_BUDGET_BASE = 1_000_000
 #: Reading stops after this many records in a row of opcodes it does not read
 #: (reserved 0x11..0x7f, user 0x80..): garbage costs at most this many reads,
 #: not one per 9 bytes. A sleap-rtc capture holds none.
@@ -48,8 +68,6 @@ MAX_JUNK_RECORDS = 4096
 
 _REC = struct.Struct("<BQ")
 _MSG = struct.Struct("<HIQQ")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _CHUNK_HEAD = struct.Struct("<QQQI")
 
@@ -75,98 +93,45 @@ class Problem:
         return f"{where}: {self.message}" + (" (stopped here)" if self.fatal else "")
 
 
-@dataclass(frozen=True)
-class SchemaRecord:
-    id: int
-    name: str
-    encoding: str
-    data: bytes
+class Follow:
+    """How long to wait for a capture being written to grow (``cat -f``).
 
+    Args:
+        timeout_s: stop after this many seconds without new data (None: never;
+            the footer or Ctrl-C ends following).
+        poll_s: how often to look at the file's size.
+    """
 
-@dataclass(frozen=True)
-class ChannelRecord:
-    id: int
-    schema_id: int
-    topic: str
-    message_encoding: str
-    metadata: dict[str, str]
+    def __init__(
+        self,
+        timeout_s: float | None = None,
+        poll_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self._clock = clock
+        self._sleep = sleep
+        self._size = -1
+        self._since = clock()
 
+    @property
+    def stopped(self) -> str:
+        return (
+            f"stopped following: no new data for {self.timeout_s or 0:g} s (--follow-timeout); "
+            "the capture has no footer yet (still being written?)"
+        )
 
-@dataclass
-class Statistics:
-    message_count: int
-    start_time: int
-    end_time: int
-    channel_message_counts: dict[int, int] = field(default_factory=dict)
-
-
-class _Bad(Exception):
-    pass
-
-
-def _string(buf: bytes, pos: int) -> tuple[str, int]:
-    (n,) = _U32.unpack_from(buf, pos)
-    pos += 4
-    if pos + n > len(buf):
-        raise _Bad("string runs past the end of its record")
-    return buf[pos : pos + n].decode("utf-8", "replace"), pos + n
-
-
-def _schema(buf: bytes) -> SchemaRecord:
-    (sid,) = _U16.unpack_from(buf, 0)
-    name, pos = _string(buf, 2)
-    encoding, pos = _string(buf, pos)
-    (n,) = _U32.unpack_from(buf, pos)
-    pos += 4
-    if pos + n > len(buf):
-        raise _Bad("schema data runs past the end of its record")
-    return SchemaRecord(sid, name, encoding, bytes(buf[pos : pos + n]))
-
-
-def _channel(buf: bytes) -> ChannelRecord:
-    cid, schema_id = struct.unpack_from("<HH", buf, 0)
-    topic, pos = _string(buf, 4)
-    encoding, pos = _string(buf, pos)
-    (n,) = _U32.unpack_from(buf, pos)
-    pos += 4
-    end = pos + n
-    if end > len(buf):
-        raise _Bad("channel metadata runs past the end of its record")
-    meta: dict[str, str] = {}
-    while pos < end:
-        key, pos = _string(buf, pos)
-        value, pos = _string(buf, pos)
-        meta[key] = value
-    return ChannelRecord(cid, schema_id, topic, encoding, meta)
-
-
-def _metadata(buf: bytes) -> tuple[str, dict[str, str]]:
-    name, pos = _string(buf, 0)
-    (n,) = _U32.unpack_from(buf, pos)
-    pos += 4
-    end = min(pos + n, len(buf))
-    meta: dict[str, str] = {}
-    while pos < end:
-        key, pos = _string(buf, pos)
-        value, pos = _string(buf, pos)
-        meta[key] = value
-    return name, meta
-
-
-def _statistics(buf: bytes) -> Statistics:
-    count, _schemas, _channels, _attachments, _metadata_n, _chunks, start, end = struct.unpack_from(
-        "<QHIIIIQQ", buf, 0
-    )
-    pos = struct.calcsize("<QHIIIIQQ")
-    (n,) = _U32.unpack_from(buf, pos)
-    pos += 4
-    counts: dict[int, int] = {}
-    stop = min(pos + n, len(buf))
-    while pos + 10 <= stop:
-        cid, c = struct.unpack_from("<HQ", buf, pos)
-        counts[cid] = c
-        pos += 10
-    return Statistics(count, start, end, counts)
+    def wait(self, size: int) -> bool:
+        """Sleep one poll; False once the file has not grown for ``timeout_s``."""
+        now = self._clock()
+        if size != self._size:
+            self._size, self._since = size, now
+        if self.timeout_s is not None and now - self._since >= self.timeout_s:
+            return False
+        self._sleep(self.poll_s)
+        return True
 
 
 # A message as scanned: (channel id, sequence, log time, publish time, data)
@@ -181,8 +146,10 @@ class McapScan:
     :attr:`complete` are final once the iteration ends.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], follow: Follow | None = None) -> None:
         self.path = os.fspath(path)
+        #: Follow a file being written (``cat -f``): wait at its end instead of stopping.
+        self.follow = follow
         try:
             self._file: IO[bytes] = open(self.path, "rb")  # noqa: SIM115 - closed in messages()
         except OSError as exc:
@@ -216,6 +183,12 @@ class McapScan:
         #: Set while the block just given comes from a damaged chunk: how it was salvaged.
         self.salvaged: str | None = None
         self.statistics: Statistics | None = None
+        #: Records that may still be walked inside chunks (see RECORD_BUDGET_BASE).
+        self.budget = RECORD_BUDGET_BASE + self.size
+        #: Blocks :meth:`blocks` gave so far.
+        self.blocks_given = 0
+        #: Set once the budget ran out: :meth:`blocks` gives nothing more.
+        self.exhausted = False
         self.problems: list[Problem] = []
         #: True once the footer and the closing magic were read, and nothing was damaged.
         self.complete = False
@@ -237,8 +210,12 @@ class McapScan:
         for data, start in self.blocks():
             yield from self.block_messages(data, start)
 
-    def blocks(self) -> Iterator[tuple[bytes, int]]:
+    def blocks(self, first: int = 8) -> Iterator[tuple[bytes, int]]:
         """The file's message records in blocks, in file order: ``(records, offset)``.
+
+        ``first``: where to start, the offset of a record (the block offsets
+        given here are 9 bytes past their record's). Records before it are not
+        read: channels and schemas declared there must be known already.
 
         A block is a run of whole MCAP records (opcode, length, body): the
         decompressed data of one chunk, or one message record outside chunks.
@@ -248,15 +225,22 @@ class McapScan:
         :meth:`block_record`.
         """
         f = self._file
-        offset = 8
+        offset = first
+        if first != 8:
+            f.seek(first)
         in_summary = False
         junk = 0
         try:
-            while True:
+            while not self.exhausted:
                 if self.refused is not None:
                     raise CaptureError(f"{self.path}: {self.refused}")
                 head = f.read(9)
                 if len(head) < 9:
+                    if self._wait(offset):
+                        continue
+                    if self.follow is not None:
+                        self._problem(offset, self.follow.stopped, lost=False)
+                        return
                     if head or not in_summary:
                         self._problem(
                             offset,
@@ -282,6 +266,8 @@ class McapScan:
                 else:
                     junk = 0
                 limit = MAX_CHUNK_BYTES if opcode == OP_CHUNK else MAX_RECORD_BYTES
+                if length > self.size - start and length <= limit and self._wait(offset):
+                    continue  # following: the record is still being written
                 if length > self.size - start:
                     if opcode == OP_CHUNK and not in_summary and length <= limit:
                         data = self._chunk_data(f.read(length), start, truncated=True)
@@ -316,6 +302,7 @@ class McapScan:
                     offset = start + length
                     data = self._chunk_data(body, start)
                     if data is not None:
+                        self.blocks_given += 1
                         yield data, start
                     continue
                 if opcode in (OP_FOOTER,):
@@ -329,7 +316,7 @@ class McapScan:
                 offset = start + length
                 try:
                     self._other(opcode, body, in_summary)
-                except (_Bad, struct.error, ValueError) as exc:
+                except (BadRecord, struct.error, ValueError) as exc:
                     self._problem(start, f"bad record (opcode 0x{opcode:02x}): {exc}")
                 if opcode == OP_DATA_END:
                     in_summary = True
@@ -337,6 +324,23 @@ class McapScan:
             self._problem(offset, f"read error: {exc}", fatal=True)
         finally:
             f.close()
+
+    def _wait(self, offset: int) -> bool:
+        """Following: wait for the file to grow; True (and back at ``offset``) once it did.
+
+        False when not following or following ended; the file position is then
+        left where it was.
+        """
+        if self.follow is None:
+            return False
+        while True:
+            size = os.fstat(self._file.fileno()).st_size
+            if size > self.size:
+                self.size = size
+                self._file.seek(offset)
+                return True
+            if not self.follow.wait(size):
+                return False
 
     def read_chunk(self, offset: int, length: int) -> Iterator[RawMessage]:
         """The messages of the Chunk record at ``offset`` (from a summary's chunk index)."""
@@ -362,21 +366,21 @@ class McapScan:
 
     def _other(self, opcode: int, body: bytes, in_summary: bool) -> None:
         if opcode == OP_SCHEMA:
-            schema = _schema(body)
+            schema = parse_schema(body)
             self.schemas.setdefault(schema.id, schema)
         elif opcode == OP_CHANNEL:
-            channel = _channel(body)
+            channel = parse_channel(body)
             self.channels.setdefault(channel.id, channel)
         elif opcode == OP_HEADER:
-            self.profile, pos = _string(body, 0)
-            self.library, _ = _string(body, pos)
+            self.profile, pos = read_string(body, 0)
+            self.library, _ = read_string(body, pos)
         elif opcode == OP_METADATA and not in_summary:
-            name, values = _metadata(body)
+            name, values = parse_metadata(body)
             self.metadata.append((name, values))
             if name == METADATA_NAME and self.refused is None:
                 self.refused = newer_format(values.get("format", ""))
         elif opcode == OP_STATISTICS:
-            self.statistics = _statistics(body)
+            self.statistics = parse_statistics(body)
 
     def _chunk_data(self, body: bytes, start: int, truncated: bool = False) -> bytes | None:
         """The decompressed, CRC-checked records of a chunk, or None (reported).
@@ -388,12 +392,12 @@ class McapScan:
         self.salvaged = None
         try:
             _s, _e, usize, crc = _CHUNK_HEAD.unpack_from(body, 0)
-            compression, pos = _string(body, _CHUNK_HEAD.size)
+            compression, pos = read_string(body, _CHUNK_HEAD.size)
             (n,) = _U64.unpack_from(body, pos)
             pos += 8
             if usize > MAX_CHUNK_BYTES:
-                raise _Bad(f"chunk claims {usize} uncompressed bytes")
-        except (_Bad, struct.error, ValueError) as exc:
+                raise BadRecord(f"chunk claims {usize} uncompressed bytes")
+        except (BadRecord, struct.error, ValueError) as exc:
             self._problem(start, f"chunk skipped: {exc}")
             return None
         compressed = body[pos : pos + n]
@@ -402,11 +406,11 @@ class McapScan:
             truncated = True
         try:
             if truncated:
-                raise _Bad("the chunk is cut off")
-            data = _decompress(compression, compressed, usize)
+                raise BadRecord("the chunk is cut off")
+            data = decompress(compression, compressed, usize)
         except Exception as exc:
-            why = str(exc) if isinstance(exc, _Bad) else f"cannot decompress ({exc})"
-            data = _decompress_prefix(compression, compressed, usize)
+            why = str(exc) if isinstance(exc, BadRecord) else f"cannot decompress ({exc})"
+            data = decompress_prefix(compression, compressed, usize)
             self.salvaged = f"salvaged from a damaged chunk at byte {start} ({why})"
             self._problem(
                 start,
@@ -433,9 +437,21 @@ class McapScan:
             return False
         try:
             self._other(opcode, body, False)
-        except (_Bad, struct.error, ValueError) as exc:
+        except (BadRecord, struct.error, ValueError) as exc:
             self._problem(start, f"bad record in chunk (opcode 0x{opcode:02x}): {exc}")
         return True
+
+    def over_budget(self, start: int, pos: int, size: int) -> None:
+        """Report that the record budget ran out at ``pos`` of a block; reading stops."""
+        self.budget = 0
+        self.exhausted = True
+        self._problem(
+            start,
+            f"more records than a file of {self.size} bytes may hold "
+            f"({RECORD_BUDGET_BASE:,} plus one per byte): a decompression bomb or damage; "
+            f"the rest of this chunk ({size - pos} bytes) and of the file is skipped",
+            fatal=True,
+        )
 
     def block_overrun(self, start: int, pos: int) -> None:
         """Report a block record at ``pos`` that runs past the block's end."""
@@ -449,7 +465,13 @@ class McapScan:
         size = len(data)
         unpack_rec = _REC.unpack_from
         unpack_msg = _MSG.unpack_from
+        left = self.budget
         while pos + 9 <= size:
+            left -= 1
+            if left < 0:
+                self.over_budget(start, pos, size)
+                return
+            self.budget = left
             opcode, length = unpack_rec(data, pos)
             body_start = pos + 9
             end = body_start + length
@@ -469,91 +491,3 @@ class McapScan:
     def block_tail(self, start: int) -> None:
         """Report a block that ends inside a record."""
         self._problem(start, "chunk ends inside a record")
-
-
-def _decompress_prefix(compression: str, data: bytes, usize: int) -> bytes:
-    """What can be decompressed from the start of damaged or cut-off chunk data."""
-    if compression == "":
-        return bytes(data[:usize])
-    out = bytearray()
-    if compression == "zstd":
-        import io
-
-        import zstandard
-
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
-        try:
-            while len(out) < usize:
-                piece = reader.read(min(1 << 16, usize - len(out)))
-                if not piece:
-                    break
-                out += piece
-        except Exception:  # keep the prefix read before the damage
-            pass
-        return bytes(out)
-    if compression == "lz4":
-        try:
-            import lz4.frame  # type: ignore[import-untyped, unused-ignore]
-
-            dec = lz4.frame.LZ4FrameDecompressor()
-            for i in range(0, len(data), 1 << 12):
-                out += dec.decompress(data[i : i + (1 << 12)])
-                if len(out) >= usize:
-                    break
-        except Exception:  # keep the prefix read before the damage
-            pass
-        return bytes(out[:usize])
-    return b""
-
-
-def _decompress(compression: str, data: bytes, usize: int) -> bytes:
-    if compression == "":
-        return data
-    if compression == "zstd":
-        import zstandard
-
-        out: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(usize, 1))
-        return out
-    if compression == "lz4":
-        try:
-            import lz4.frame  # type: ignore[import-untyped, unused-ignore]
-        except ImportError:
-            raise _Bad("lz4 compression, and the lz4 package is not installed") from None
-        lz: bytes = lz4.frame.decompress(data)
-        return lz
-    raise _Bad(f"unknown compression {compression!r}")
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    """Where a complete file's chunks are, from its summary (for parallel reading)."""
-
-    channels: dict[int, ChannelRecord]
-    schemas: dict[int, SchemaRecord]
-    #: (offset, length) of every Chunk record, in file order.
-    chunks: list[tuple[int, int]]
-
-
-def chunk_plan(path: str | os.PathLike[str]) -> ChunkPlan | None:
-    """The chunk layout of a finished capture, or None (no summary, unchunked, damaged)."""
-    from mcap.reader import make_reader
-
-    try:
-        with open(path, "rb") as f:
-            summary = make_reader(f).get_summary()
-    except Exception:
-        return None
-    if summary is None or not summary.chunk_indexes or summary.statistics is None:
-        return None
-    if summary.statistics.chunk_count != len(summary.chunk_indexes):
-        return None
-    channels = {
-        c.id: ChannelRecord(c.id, c.schema_id, c.topic, c.message_encoding, dict(c.metadata))
-        for c in summary.channels.values()
-    }
-    schemas = {
-        s.id: SchemaRecord(s.id, s.name, s.encoding, bytes(s.data))
-        for s in summary.schemas.values()
-    }
-    chunks = sorted((ci.chunk_start_offset, ci.chunk_length) for ci in summary.chunk_indexes)
-    return ChunkPlan(channels, schemas, chunks)

@@ -18,8 +18,8 @@ from google.protobuf.message import DecodeError
 
 from sleap_rtc.auth.tokens import redact
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.legacy import looks_legacy
-from sleap_rtc.capture.parts import Connection
+from sleap_rtc.capture.read.legacy import looks_legacy
+from sleap_rtc.capture.write.parts import Connection
 from sleap_rtc_proto.codec import Envelope, decode
 from sleap_rtc_proto.errors import ProtocolError, UnsupportedVersion
 

@@ -14,9 +14,15 @@ from typing import Any
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from sleap_rtc.capture.decode import FIRST_BODY_FIELD, LoadedSchema
-from sleap_rtc.capture.mcapio import ChannelRecord, RawMessage, SchemaRecord
-from sleap_rtc.capture.rawproto import UNKNOWN_KEY, decode_raw, unknown_entry, unknown_field_set
+from sleap_rtc.capture.read.decode import FIRST_BODY_FIELD, LoadedSchema
+from sleap_rtc.capture.read.mcapio import RawMessage
+from sleap_rtc.capture.read.mcaprecords import ChannelRecord, SchemaRecord
+from sleap_rtc.capture.read.rawproto import (
+    UNKNOWN_KEY,
+    decode_raw,
+    unknown_entry,
+    unknown_field_set,
+)
 
 __all__ = ["Record", "format_time", "raw_view"]
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from sleap_rtc.capture import format as fmt
-from sleap_rtc.capture.mcapio import CaptureError, Problem
+from sleap_rtc.capture.read.mcapio import CaptureError, Problem
 
 _LEGACY_RE = re.compile(rb"^[A-Z][A-Z0-9_]{1,63}(?:::|$)")
 #: Legacy frame types and the v1 body that replaced each.

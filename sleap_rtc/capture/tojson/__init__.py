@@ -1,0 +1,1 @@
+"""Captured messages as JSON: json_format's dict, and the ``cat --json`` fast path."""
