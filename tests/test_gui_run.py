@@ -796,3 +796,30 @@ def test_panel_log_in_runs_off_the_gui_thread_and_can_be_cancelled(qtbot: Any) -
     assert rooms == ["lab", "lab", "lab"]
     panel.logout_button.click()
     assert forgotten == ["lab"] and panel.login.text() == "logged out"
+
+
+def test_lossviewer_title_follows_the_batch_scheduler_while_the_job_waits(qtbot: Any) -> None:
+    """A job queued in Slurm: SLEAP's LossViewer says so in its title (set on the Qt thread)."""
+    import threading
+    import types
+
+    from sleap_rtc.client.events import LogReceived
+    from sleap_rtc.gui.progress import make_lossviewer
+    from sleap_rtc.gui.remote import SchedulerTitle
+    from sleap_rtc.gui.threads import GuiCall
+    from sleap_rtc_proto.v1 import progress_pb2, scheduler_pb2
+
+    viewer = make_lossviewer()
+    qtbot.addWidget(viewer)
+    run = types.SimpleNamespace(viewer=viewer, gui=GuiCall(), _sleap=lambda what: what())
+    sink = SchedulerTitle(run)  # type: ignore[arg-type]
+    line = "queued in Slurm as job 12: waiting (Resources)"
+    log = progress_pb2.JobLog(job_id="j", lines=[line])
+    log.scheduler.CopyFrom(scheduler_pb2.SchedulerJob(system="slurm", id="12", state="PENDING"))
+    plain = progress_pb2.JobLog(job_id="j", lines=["trainer chatter"])
+    worker = threading.Thread(  # the flow's thread, as in a real run
+        target=lambda: (sink.handle(LogReceived(log=log)), sink.handle(LogReceived(log=plain)))
+    )
+    worker.start()
+    worker.join(5)
+    qtbot.waitUntil(lambda: viewer.canvas.axes.get_title() == line, timeout=5000)

@@ -15,7 +15,7 @@ import pytest
 import zmq
 from rich.console import Console
 
-from sleap_rtc.client.display import TerminalProgress
+from sleap_rtc.client.display import TerminalProgress, plain_console
 from sleap_rtc.client.events import JobCompleted, JobFailedEvent, LogReceived, ProgressReceived
 from sleap_rtc.client.lossviewer import LossViewerBridge, progress_message
 from sleap_rtc_proto.v1 import progress_pb2 as P
@@ -251,6 +251,27 @@ def test_terminal_display() -> None:
     # The failure itself is the command's one error line; the display shows the tail only.
     assert "boom" not in text
     assert "Job k: the trainer's last output:\ntb" in text
+
+
+def test_terminal_display_shows_the_batch_schedulers_moves_without_show_logs() -> None:
+    """Queued -> running in Slurm is printed even when the trainer's own logs are not."""
+    from sleap_rtc.client.results import SchedulerView
+    from sleap_rtc_proto.v1 import scheduler_pb2
+
+    out = io.StringIO()
+    display = TerminalProgress(console=plain_console(out))
+    queued = P.JobLog(job_id="j", lines=["queued in Slurm as job 12: waiting (Resources)"])
+    queued.scheduler.CopyFrom(
+        scheduler_pb2.SchedulerJob(system="slurm", id="12", state="PENDING", reason="Resources")
+    )
+    display.handle(LogReceived(log=queued))
+    display.handle(LogReceived(log=P.JobLog(job_id="j", lines=["trainer chatter"])))
+    text = out.getvalue()
+    assert "queued in Slurm as job 12: waiting (Resources)" in text
+    assert "trainer chatter" not in text
+    view = SchedulerView.of(queued)
+    assert view is not None and str(view) == "Slurm job 12: PENDING (Resources)"
+    assert SchedulerView.of(P.JobLog(job_id="j")) is None
 
 
 def test_terminal_display_says_once_that_train_loss_lags() -> None:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from qtpy import QtCore, QtWidgets
 
+from sleap_rtc.client.events import LogReceived
 from sleap_rtc.client.flow import PresubmissionFlow
 from sleap_rtc.client.lossviewer import LossViewerBridge
 from sleap_rtc.client.pathrequest import path_check_request
@@ -102,6 +103,22 @@ class _FlowLister:
 
 def _remember_of(resolver: QtResolver) -> Callable[[], bool]:
     return lambda: resolver.remember
+
+
+class SchedulerTitle:
+    """A progress sink: while a job waits in (or moves through) the worker's batch
+    scheduler, LossViewer's title says so ("queued in Slurm as job 12: waiting
+    (Resources)"); LossViewer retitles itself once training reports."""
+
+    def __init__(self, run: RemoteRun) -> None:
+        self.run = run
+
+    def handle(self, event: Any) -> None:
+        if isinstance(event, LogReceived) and event.log.HasField("scheduler") and event.log.lines:
+            line = event.log.lines[-1]
+            viewer = self.run.viewer
+            if viewer is not None:
+                self.run.gui.submit(lambda: self.run._sleap(lambda: viewer.set_message(line)))
 
 
 class RemoteRun(QtCore.QObject):
@@ -242,6 +259,7 @@ class RemoteRun(QtCore.QObject):
                                       controller_port=controller_port,
                                       on_stop=flow.request_stop)
             flow.sinks.append(bridge)
+            flow.sinks.append(SchedulerTitle(self))
             self._flow = flow
             try:
                 content, _verified = await asyncio.to_thread(model.render)
