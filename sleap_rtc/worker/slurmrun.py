@@ -48,6 +48,7 @@ from sleap_rtc.worker.relaywire import (
     Progress,
     RelayMessage,
     RelaySpec,
+    RelaySpecError,
     Result,
     read_result,
     write_spec,
@@ -72,8 +73,8 @@ RELAY_FOLDER = ".sleap-rtc-relay"
 SYSTEM = "slurm"
 LOG_FILE = "slurm.log"
 SCRIPT_FILE = "job.sbatch"
-#: How long the relay's Result may lag Slurm's end state (and the reverse): after a
-#: slurmctld restart, Slurm shows a job's end ~12 s after it returns (REFERENCE.md).
+#: How long Slurm's end state may lag the relay's Result: after a slurmctld restart,
+#: Slurm shows a job's end ~12 s after it returns (REFERENCE.md).
 END_GRACE_S = 30.0
 #: How often Slurm is asked while a job is ending (faster than ``poll_s``).
 ENDING_POLL_S = 0.5
@@ -356,6 +357,14 @@ class SlurmRun:
             self.backend.hub.unregister(self.job.job_id)
             self._listening = False
 
+    def _read_result(self) -> RunResult | None:
+        """The result the relay left in its folder (None: none, or unreadable -- said)."""
+        try:
+            return read_result(self.folder)
+        except RelaySpecError as exc:
+            self._worker_line(f"the relay's result file cannot be read: {exc}")
+            return None
+
     def _ended_in_slurm(self) -> bool:
         return self._info is not None and self._info.terminal
 
@@ -395,26 +404,28 @@ class SlurmRun:
         return info
 
     async def _follow(self) -> SlurmJobInfo | None:
-        """Poll until the job ended in Slurm and the relay's result is in, or one of
-        them is and the other did not follow within :data:`END_GRACE_S`. Returns
-        Slurm's last view (None: Slurm forgot the job; the relay folder tells)."""
+        """Poll until the job ended in Slurm (the relay's result is then in, or on disk,
+        or never coming), or the relay's result is in and Slurm did not say the end
+        within :data:`END_GRACE_S`. Returns Slurm's last view (None: Slurm forgot the
+        job; the relay folder tells)."""
         ending_since: float | None = None
         while True:
             info = await self._query()
             if info is None:
                 if self._relay_result is None:
-                    self._relay_result = read_result(self.folder)
+                    self._relay_result = self._read_result()
                 self._info = None
                 return None
             if isinstance(info, SlurmJobInfo):
                 self._info = info
                 self._announce(info)
-            ended = self._ended_in_slurm()
-            if ended and self._relay_result is None:
-                self._relay_result = read_result(self.folder)
-            if ended and self._relay_result is not None:
+            if self._ended_in_slurm():
+                # The batch script (the relay, by exec) is gone, and the relay writes its
+                # result file before it sends it: what is not on disk now never comes.
+                if self._relay_result is None:
+                    self._relay_result = self._read_result()
                 return self._info
-            if ended or self._relay_result is not None:
+            if self._relay_result is not None:  # Slurm has yet to say the job ended
                 ending_since = ending_since or time.monotonic()
                 if time.monotonic() - ending_since > END_GRACE_S:
                     return self._info
