@@ -157,6 +157,15 @@ async def check_token(client: RawClient, world: World) -> str:
     return answer.check_token
 
 
+async def until_epoch_end(client: RawClient, job_id: str, timeout: float = 120) -> None:
+    """Read until the job's first epoch_end arrived (bounded)."""
+    while not any(
+        isinstance(m, P.JobProgress) and m.event == P.PROGRESS_EVENT_EPOCH_END
+        for m in client.job_messages(job_id)
+    ):
+        await client.next(timeout)
+
+
 def scheduler_lines(client: RawClient, job_id: str) -> list[P.JobLog]:
     return [
         m
@@ -231,11 +240,7 @@ def test_stop_early_goes_over_the_relay_and_keeps_the_checkpoint(world: World) -
         submit = world.submit("stop", token, epochs=50, batch_sleep=0.05)
         accepted = body_of(await client.request(submit, timeout=60))
         assert isinstance(accepted, V.JobAccepted), accepted
-        while not any(
-            isinstance(m, P.JobProgress) and m.event == P.PROGRESS_EVENT_EPOCH_END
-            for m in client.job_messages(submit.job_id)
-        ):
-            await client.next(120)
+        await until_epoch_end(client, submit.job_id)
         status = body_of(
             await client.request(
                 V.JobControl(job_id=submit.job_id, action=V.CONTROL_ACTION_STOP)
@@ -464,11 +469,7 @@ def test_worker_kill9_during_a_training_reattaches_and_never_submits_twice(
         submit = world.submit("k9", token, hold_file=str(hold), hold_after_epoch=0)
         accepted = body_of(await client.request(submit, timeout=60))
         assert isinstance(accepted, V.JobAccepted), accepted
-        while not any(
-            isinstance(m, P.JobProgress) and m.event == P.PROGRESS_EVENT_EPOCH_END
-            for m in client.job_messages(submit.job_id)
-        ):
-            await client.next(120)
+        await until_epoch_end(client, submit.job_id)
         seen = max(m.sequence for m in client.job_messages(submit.job_id))
         await client.link.close()
         return submit, accepted.scheduler.id, seen
@@ -640,11 +641,7 @@ def _start_held(world: World, hold: Path, name: str) -> Callable[..., Awaitable[
         submit = world.submit(name, token, hold_file=str(hold), hold_after_epoch=0)
         accepted = body_of(await client.request(submit, timeout=60))
         assert isinstance(accepted, V.JobAccepted), accepted
-        while not any(
-            isinstance(m, P.JobProgress) and m.event == P.PROGRESS_EVENT_EPOCH_END
-            for m in client.job_messages(submit.job_id)
-        ):
-            await client.next(120)
+        await until_epoch_end(client, submit.job_id)
         seen = max(m.sequence for m in client.job_messages(submit.job_id))
         return submit.job_id, accepted.scheduler.id, seen
 
