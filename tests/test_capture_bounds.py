@@ -60,8 +60,10 @@ def test_a_chunk_of_millions_of_tiny_records_is_cut_off_in_bounded_time(
     elapsed = time.monotonic() - start
     err = capsys.readouterr().err
     assert "more records than a file of" in err and "decompression bomb" in err
-    # The budget (1,000,000 records plus one per byte) is about a second of walking.
-    assert elapsed < 2.5
+    # The budget (1,000,000 records plus one per byte) is about a second of walking
+    # (2.3 s measured); the old code walked all 119 million records (82 s). Loose: CI
+    # shares its cores.
+    assert elapsed < 20
 
 
 def test_the_budget_is_linear_in_the_file_size(tmp_path: Path) -> None:

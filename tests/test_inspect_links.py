@@ -221,3 +221,21 @@ def _chunk_offsets(path: Path) -> list[int]:
         summary = make_reader(f).get_summary()
     assert summary is not None
     return [c.chunk_start_offset for c in summary.chunk_indexes]
+
+
+def test_a_newer_peers_request_is_linked_the_same_in_every_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A body this program does not know (field 1000, no correlation id) may be a newer
+    peer's request: its answer links to it in one process as with --jobs 2."""
+    path = tmp_path / "u.mcap"
+    w = CaptureWriter(path, background=False, clock=Clock(), compression="none", chunk_size=4096)
+    conn = w.connection("conn-1", local_peer="c", remote_peer="w", local_role="client")
+    # Envelope: version {major: 1}, message_id 50, then unknown body field 1000 (empty).
+    w.record(conn, C2W, b"\x0a\x02\x08\x01" + b"\x10\x32" + b"\xc2\x3e\x00")
+    w.record(conn, W2C, codec.encode(job_pb2.JobAttach(job_id="x"), message_id=7,
+                                     correlation_id=50))
+    w.close()
+    one, two = rows(capsys, str(path), "--jobs", "1"), rows(capsys, str(path), "--jobs", "2")
+    assert one == two
+    assert one[0]["answered_by"]["message_id"] == 7, one[0]

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from slp_factory import make_h5_video, make_labels
 from support.client import RawClient
+from support.relays import free_port
 from support.slurm import (  # noqa: F401
     SlurmTest,
     slurm_cluster_fixture,
@@ -49,14 +50,6 @@ SUPPORT = Path(__file__).parent / "support"
 FAKE = (sys.executable, str(SUPPORT / "paced_trainer.py"), "train")
 V = job_pb2
 P = progress_pb2
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -275,8 +268,9 @@ def test_cancel_is_scancel_and_the_job_fails_cancelled(world: World) -> None:
     assert isinstance(end, P.JobFailed), end
     assert end.code == P.FAILURE_CODE_CANCELLED
     assert end.scheduler.id == accepted.scheduler.id
+    assert end.scheduler.state == "CANCELLED", end.scheduler
     state = world.slurm.run("squeue", "-h", "-t", "all", "-j", accepted.scheduler.id, "-o", "%T")
-    assert state.stdout.strip() in ("CANCELLED", "COMPLETED", "FAILED", ""), state.stdout
+    assert state.stdout.strip() == "CANCELLED", state.stdout
 
 
 def test_a_failing_trainer_fails_the_batch_job_with_its_exit_code(world: World) -> None:
@@ -720,3 +714,19 @@ def test_stop_without_a_relay_connection_falls_back_to_scancel_signal_int(world:
     assert end.stopped_early
     assert end.scheduler.state == "COMPLETED"
     assert any(o.endswith("best.ckpt") for o in end.outputs), end.outputs
+
+
+def test_a_slurm_setting_no_batch_script_can_hold_stops_the_worker_at_start(
+    world: World,
+) -> None:
+    """Checked once at start-up (not per job, after each job's folder was written)."""
+
+    async def main() -> str:
+        service = WorkerService(world.config(slurm={"extra_sbatch": ("--job-name=mine",)}))
+        with pytest.raises(ValueError) as info:
+            await service.start()
+        return str(info.value)
+
+    message = asyncio.run(main())
+    assert message.startswith("[slurm] extra_sbatch") and "--job-name" in message, message
+    assert world.relay_dirs() == []

@@ -102,7 +102,7 @@ def make_run(tmp_path: Path, answers: list[Answer], hub: Hub | None = None) -> t
         mounts=(str(tmp_path),),
     )
     record = BatchRecord("job", "slurm", "42", str(folder), "pub")
-    return SlurmRun(backend, job, record, adopted=True), job
+    return SlurmRun(backend, job, record), job
 
 
 def finish(run: SlurmRun, job: Job) -> progress_pb2.JobComplete | progress_pb2.JobFailed:

@@ -272,7 +272,7 @@ def _time(ns: int) -> str:
     return format_time(ns)[11:26]
 
 
-def text_of(m: Merged, client: Side, worker: Side, offset: Offset) -> str:
+def text_of(m: Merged, offset: Offset) -> str:
     shown = m.sent or m.received
     assert shown is not None
     receiver = "worker" if m.sender == "client" else "client"
@@ -345,7 +345,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         else:
             print(header, file=sys.stderr)
         for m in merged(client, worker, offset):
-            line = json_of(m, offset) if args.json else text_of(m, client, worker, offset)
+            line = json_of(m, offset) if args.json else text_of(m, offset)
             if args.width and not args.json and len(line) > args.width:
                 line = line[: max(args.width - 1, 10)] + "…"
             stream.write(line + "\n")

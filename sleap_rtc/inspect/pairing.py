@@ -92,7 +92,7 @@ class Pairing:
             req = self.open.pop((connection, other, correlation_id), None)
             if req is not None:
                 answer = Answer(req[1], correlation_id, (time_ns - req[0]) / 1e6, other)
-        if body in bodies.REQUESTS or (correlation_id == 0 and body not in NOT_REQUESTS):
+        if is_request(body, correlation_id):
             self.open[(connection, direction, message_id)] = (time_ns, body)
             if len(self.open) > self.limit:
                 self.open.popitem(last=False)
@@ -101,6 +101,13 @@ class Pairing:
     def unanswered(self) -> list[str]:
         """The bodies of requests that were never answered."""
         return [body for _, body in self.open.values() if body in bodies.REQUESTS]
+
+
+def is_request(body: str, correlation_id: int) -> bool:
+    """May this message be answered? A request body, or a body this program does not
+    know (a newer peer's request) that answers nothing itself. The one definition
+    :class:`Pairing`, :func:`json_links` and :class:`Linker` use."""
+    return body in bodies.REQUESTS or (correlation_id == 0 and body not in NOT_REQUESTS)
 
 
 def _ref(direction: str, message_id: int, body: str, latency_ms: float) -> str:
@@ -184,7 +191,7 @@ class Linker:
         answer = self.pairing.step(connection, direction, message_id, correlation_id, body, time_ns)
         if answer is not None:
             members = answer_members(answer)
-        if body in bodies.REQUESTS:
+        if is_request(body, correlation_id):
             scan = self._scan
             found = None
             if scan is not None:
@@ -192,7 +199,8 @@ class Linker:
                     connection, direction, message_id, self._at, scan.channels, scan.schemas
                 )
             if found is None:
-                members += ',"answered_by":null'
+                if body in bodies.REQUESTS:  # as json_links: null only for known requests
+                    members += ',"answered_by":null'
             else:
                 latency = (found.time_ns - time_ns) / 1e6
                 members += ',"answered_by":' + _ref(

@@ -403,13 +403,7 @@ def _facts_of_envelope(body: str, envelope: Any) -> list[Fact]:
     items = inner.items if body == "job_progress_batch" else (inner,)
     out: list[Fact] = []
     for item in items:
-        metrics = item.metrics
-        loss = metrics.get("loss")
-        if loss is None:
-            loss = metrics.get("train/loss")
-        val = metrics.get("val/loss")
-        if val is None:
-            val = metrics.get("val_loss")
+        loss, val = losses(dict(item.metrics))
         event = item.event
         out.append(
             (

@@ -30,8 +30,9 @@ from sleap_rtc.worker.jobs import JobRegistry
 from sleap_rtc.worker.launcher import LaunchPolicy
 from sleap_rtc.worker.relayhub import RelayHub
 from sleap_rtc.worker.serviceconfig import WorkerConfig
-from sleap_rtc.worker.slurmctl import SlurmCommands, SlurmUnreachable
-from sleap_rtc.worker.slurmrun import SlurmBackend, SlurmRun, SubmitRefused
+from sleap_rtc.worker.slurmbatch import job_name_for, render_batch_script
+from sleap_rtc.worker.slurmctl import SbatchRefused, SlurmCommands, SlurmUnreachable
+from sleap_rtc.worker.slurmrun import SlurmBackend, SlurmRun
 from sleap_rtc.worker.trainer import TrainerRun
 from sleap_rtc.worker.zmqprogress import ProgressUpdate
 from sleap_rtc_proto.v1 import job_pb2, progress_pb2, scheduler_pb2
@@ -102,6 +103,17 @@ class JobRunner:
         if not self.batch:
             return
         settings = self.config.slurm
+        # Every [slurm] value must go into a batch script: refuse at start-up, not per job.
+        try:
+            render_batch_script(
+                settings,
+                job_name=job_name_for("check"),
+                run_dir=Path("/check"),
+                log_file=Path("/check/slurm.log"),
+                relay_argv=[settings.python or "python"],
+            )
+        except ValueError as exc:
+            raise ValueError(f"[slurm] {exc}") from None
         commands = SlurmCommands(settings, env=self.config.slurm_env)
         problem = await commands.available()
         if problem is not None:
@@ -153,9 +165,9 @@ class JobRunner:
                 job.scheduler.CopyFrom(row.accepted.scheduler)
                 job.scheduler.id = record.batch_id or job.scheduler.id
             self.registry.remember(job)
-            run = self.slurm.adopt(job, record)
+            run = SlurmRun(self.slurm, job, record)
             run.listen()
-            job.start(run, queued=job.state == job_pb2.JOB_STATE_QUEUED)
+            job.control = run  # the job keeps its recorded state (queued, running, stopping)
             self.notice(
                 f"job {job.job_id}: re-attached to Slurm job {record.batch_id or '(submitting)'}"
             )
@@ -168,6 +180,9 @@ class JobRunner:
         jobs are left running in Slurm for the next worker life."""
         self._detach = True
         runs = list(self._runs.values())
+        if self.slurm is not None:  # nothing to wait for: the batch jobs go on
+            for task in runs:
+                task.cancel()
         if runs:
             _, pending = await asyncio.wait(
                 runs, timeout=self.config.shutdown_grace_s + self.config.run_limits.term_grace_s
@@ -205,7 +220,7 @@ class JobRunner:
         if submit in done:
             try:
                 scheduler = submit.result()
-            except SubmitRefused as exc:
+            except SbatchRefused as exc:
                 return self._refused(job, run, exc.option, exc.reason)
             except SlurmUnreachable as exc:
                 return self._refused(job, run, "", str(exc), unreachable=True)
@@ -264,7 +279,7 @@ class JobRunner:
     ) -> None:
         try:
             scheduler = await submit
-        except (SubmitRefused, SlurmUnreachable) as exc:
+        except (SbatchRefused, SlurmUnreachable) as exc:
             run.abandon()
             job.finish(
                 RunResult(

@@ -45,7 +45,12 @@ from sleap_rtc.worker import confine
 from sleap_rtc.worker.jobrecord import RunResult
 from sleap_rtc.worker.jobstore import TrainerIdentity
 from sleap_rtc.worker.launcher import LaunchPolicy, Mode
-from sleap_rtc.worker.relayhub import send_now
+from sleap_rtc.worker.relayhub import (
+    FAILED_HANDSHAKES,
+    HEARTBEAT_IVL_MS,
+    HEARTBEAT_TIMEOUT_MS,
+    send_now,
+)
 from sleap_rtc.worker.relayqueue import Outbox
 from sleap_rtc.worker.relaywire import (
     ABANDONED_FILE,
@@ -109,9 +114,19 @@ def claim(folder: Path) -> None:
 class Relay:
     """One relay run (asyncio): the DEALER, the outbox, the trainer and the signals."""
 
-    def __init__(self, folder: Path, spec: RelaySpec, context: zmq.asyncio.Context) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        spec: RelaySpec,
+        context: zmq.asyncio.Context,
+        *,
+        secret_on_disk: bool = True,
+    ) -> None:
         self.folder = folder
         self.spec = spec
+        #: The spec file holds the key (the worker passes it in the environment, and
+        #: then there is nothing on disk to rewrite).
+        self._secret_on_disk = secret_on_disk
         self.context = context
         self.outbox = Outbox(spec.job_id)
         self.node = socket.gethostname()
@@ -150,24 +165,21 @@ class Relay:
             (zmq.SNDHWM, SNDHWM),
             (zmq.RECONNECT_IVL, RECONNECT_IVL_MS),
             (zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS),
-            (zmq.HEARTBEAT_IVL, 5_000),
-            (zmq.HEARTBEAT_TIMEOUT, 15_000),
+            (zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS),
+            (zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS),
         ):
             dealer.setsockopt(option, value)
         dealer.curve_serverkey = self.spec.server_key.encode("ascii")
         dealer.curve_publickey = self.spec.client_public.encode("ascii")
         dealer.curve_secretkey = self.spec.client_secret.encode("ascii")
         self._monitor = dealer.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED
-            | zmq.EVENT_DISCONNECTED
-            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | FAILED_HANDSHAKES
         )
         dealer.connect(self.spec.endpoint)
         self._dealer = dealer
+        if self._secret_on_disk:  # the socket has the keys: the trainer may read this folder
+            forget_secret(self.folder)
         self.spec = dataclasses.replace(self.spec, client_secret="")
-        forget_secret(self.folder)  # the socket has the keys: the trainer may read this folder
         return dealer
 
     async def _watch(self) -> None:
@@ -349,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(str(exc))
         return EXIT_BAD_INPUT
     secret = os.environ.pop(SECRET_ENV, "")  # the trainer's scrubbed environment lacks it
+    on_disk = bool(spec.client_secret)
     if not spec.client_secret and len(secret) == 40:
         spec = dataclasses.replace(spec, client_secret=secret)
     if not spec.client_secret:
@@ -364,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def run() -> int:
         context = zmq.asyncio.Context()
         try:
-            return await Relay(folder, spec, context).main()
+            return await Relay(folder, spec, context, secret_on_disk=on_disk).main()
         finally:
             context.destroy(linger=0)
 

@@ -58,7 +58,7 @@ TICK_S = 0.05
 #: Heartbeats: a silent peer is dropped after this long (ms); the relay reconnects.
 HEARTBEAT_IVL_MS = 5_000
 HEARTBEAT_TIMEOUT_MS = 15_000
-_FAILED_HANDSHAKES = (
+FAILED_HANDSHAKES = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -237,7 +237,7 @@ class RelayHub:
         router.curve_secretkey = self._server_secret.encode("ascii")
         router.zap_domain = ZAP_DOMAIN.encode("ascii")
         self._router = router
-        self._monitor = router.get_monitor_socket(_FAILED_HANDSHAKES)
+        self._monitor = router.get_monitor_socket(FAILED_HANDSHAKES)
         while True:
             try:
                 router.bind(f"tcp://{self.listen}")
@@ -398,5 +398,5 @@ class RelayHub:
         assert self._monitor is not None
         while True:
             event = parse_monitor_message(await self._monitor.recv_multipart())
-            if event["event"] & _FAILED_HANDSHAKES:
+            if event["event"] & FAILED_HANDSHAKES:
                 self._refuse(f"a handshake ({zmq.Event(event['event']).name})")

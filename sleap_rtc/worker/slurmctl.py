@@ -42,7 +42,6 @@ from pathlib import Path
 from sleap_rtc.config.worker import SlurmSettings
 
 __all__ = [
-    "ACTIVE_STATES",
     "TERMINAL_STATES",
     "SbatchRefused",
     "SlurmCommands",
@@ -60,12 +59,6 @@ TERMINAL_STATES = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
      "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 )  # fmt: skip
-#: Job states of a job that is queued or running (or finishing).
-ACTIVE_STATES = frozenset(
-    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
-     "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
-)  # fmt: skip
-
 #: What Slurm's commands print when the controller cannot be reached (retried).
 _UNREACHABLE = (
     "unable to contact slurm controller",
@@ -145,7 +138,6 @@ class SlurmJobInfo:
     signal: int | None = None
     name: str = ""
     #: How often Slurm requeued it.
-    restarts: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -201,7 +193,6 @@ def parse_show_job(text: str) -> SlurmJobInfo | None:
             exit_code=rc,
             signal=sig,
             name=fields.get("JobName", ""),
-            restarts=_int(fields.get("Restarts", "")) or 0,
         )
     return None
 

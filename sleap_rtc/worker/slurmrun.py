@@ -55,16 +55,15 @@ from sleap_rtc.worker.relaywire import (
 )
 from sleap_rtc.worker.slurmbatch import job_name_for, render_batch_script, write_batch_script
 from sleap_rtc.worker.slurmctl import (
-    SbatchRefused,
     SlurmCommands,
     SlurmError,
     SlurmJobInfo,
     SlurmUnreachable,
 )
-from sleap_rtc.worker.trainer import RunLimits, list_outputs
+from sleap_rtc.worker.trainer import RunLimits
 from sleap_rtc_proto.v1 import progress_pb2, scheduler_pb2
 
-__all__ = ["RELAY_FOLDER", "SlurmBackend", "SlurmRun", "SubmitRefused"]
+__all__ = ["RELAY_FOLDER", "SlurmBackend", "SlurmRun"]
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +77,6 @@ SCRIPT_FILE = "job.sbatch"
 END_GRACE_S = 30.0
 #: How often Slurm is asked while a job is ending (faster than ``poll_s``).
 ENDING_POLL_S = 0.5
-
-
-class SubmitRefused(Exception):
-    """Slurm refused the batch job (``sbatch`` said no); nothing was queued.
-
-    ``option`` is the sbatch option (or ``[slurm]`` key) the refusal is about,
-    best effort; ``reason`` Slurm's own words.
-    """
-
-    def __init__(self, option: str, reason: str) -> None:
-        super().__init__(reason)
-        self.option = option
-        self.reason = reason
 
 
 @dataclass
@@ -167,13 +153,13 @@ class SlurmBackend:
         self.store.save_batch(record)
         return SlurmRun(self, job, record, secret=secret)
 
-    def adopt(self, job: Job, record: BatchRecord) -> SlurmRun:
-        """The run of a job an earlier worker life submitted (after a restart)."""
-        return SlurmRun(self, job, record, adopted=True)
-
 
 class SlurmRun:
-    """One job's batch job, followed from submission to its end (asyncio adapter)."""
+    """One job's batch job, followed from submission to its end (asyncio adapter).
+
+    Built by :meth:`SlurmBackend.prepare` for a new job, or directly from the job
+    store's :class:`~.jobstore.BatchRecord` for a job an earlier worker life
+    submitted (nothing is submitted again)."""
 
     def __init__(
         self,
@@ -181,17 +167,14 @@ class SlurmRun:
         job: Job,
         record: BatchRecord,
         *,
-        adopted: bool = False,
         secret: str = "",
     ) -> None:
         self.backend = backend
         self._secret = secret  # the relay's key, until sbatch has it
         self.job = job
         self.record = record
-        self.adopted = adopted
         self.folder = Path(record.relay_dir)
         self.batch_id = record.batch_id
-        self.stop_requested = False
         self._end_request: tuple[int, str] | None = None
         self._info: SlurmJobInfo | None = None
         self._announced: tuple[str, str, str] | None = None
@@ -200,7 +183,7 @@ class SlurmRun:
         self._tail: deque[str] = deque(maxlen=backend.limits.log_tail_lines)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unreachable_since: float | None = None
+        self._unreachable = False
         self._listening = False
 
     # --- the relay's messages ---------------------------------------------------
@@ -236,7 +219,7 @@ class SlurmRun:
         announce (PENDING).
 
         Raises:
-            SubmitRefused: sbatch said no; the relay folder is removed, nothing queued.
+            SbatchRefused: sbatch said no; nothing was queued.
             SlurmUnreachable: the controller did not answer within ``unreachable_s``.
         """
         self.listen()
@@ -247,9 +230,6 @@ class SlurmRun:
                 cwd=self.folder,
                 env={SECRET_ENV: self._secret},
             )
-        except SbatchRefused as exc:
-            self.abandon()
-            raise SubmitRefused(exc.option, exc.reason) from None
         finally:
             self._secret = ""
         self.batch_id = batch_id
@@ -290,7 +270,6 @@ class SlurmRun:
         """Stop early: over the relay (the trainer keeps its checkpoint); by
         ``scancel --batch --signal=INT`` when no relay is connected; a job still
         queued in Slurm is cancelled (nothing was trained)."""
-        self.stop_requested = True
         if self._queued() and not self._relay_seen:
             self.cancel(
                 progress_pb2.FAILURE_CODE_CANCELLED,
@@ -305,10 +284,11 @@ class SlurmRun:
         code: int = progress_pb2.FAILURE_CODE_CANCELLED,
         message: str = "job cancelled by the client",
     ) -> None:
-        """End the batch job at once (``scancel``; the relay also hears it directly)."""
+        """End the batch job at once: ``scancel`` (the relay, which is the batch script,
+        hears SIGTERM and ends the trainer; Slurm says CANCELLED). Before sbatch
+        answered, :meth:`submit` cancels as soon as it has the id."""
         if self._end_request is None:
             self._end_request = (code, message)
-        self.backend.hub.send(self.job.job_id, "cancel")
         if self.batch_id:
             self._spawn(self._scancel())
         self._wake.set()
@@ -388,8 +368,8 @@ class SlurmRun:
         try:
             info = await self.backend.poller.query(self.batch_id)
         except SlurmUnreachable as exc:
-            if self._unreachable_since is None:
-                self._unreachable_since = time.monotonic()
+            if not self._unreachable:
+                self._unreachable = True
                 self._worker_line(
                     f"Slurm's controller is not answering ({exc}); a running job goes on, "
                     "and the worker keeps asking"
@@ -398,8 +378,8 @@ class SlurmRun:
         except SlurmError as exc:
             log.warning("job %s: Slurm query failed: %s", self.job.job_id, exc)
             return False
-        if self._unreachable_since is not None:
-            self._unreachable_since = None
+        if self._unreachable:
+            self._unreachable = False
             self._worker_line("Slurm's controller answers again")
         return info
 
@@ -490,9 +470,7 @@ class SlurmRun:
                 result = dataclasses.replace(
                     result, message=f"Slurm ended the job: out of memory; {result.message}"
                 )
-            if result.completed:
-                result = dataclasses.replace(result, outputs=list_outputs(self.job.run_dir))
-            return result
+            return result  # the relay listed the outputs (the same shared run folder)
         tail = self._slurm_log_tail() or self.log_tail
         exit_code = info.exit_code if info is not None else None
         if self._end_request is not None and state in ("CANCELLED", "PENDING", "UNKNOWN"):

@@ -161,16 +161,6 @@ def _parse_time(token: str) -> int | None:
     return int(moment.timestamp()) * 10**9 + moment.microsecond * 1000
 
 
-def is_text_capture(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` looks like a text file (no NUL bytes in its first 4 KiB)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return b"\x00" not in head
-
-
 #: Python logging's default time and ``name - LEVEL - `` prefix:
 #: ``2026-01-02 03:04:05,612 - sleap_rtc.worker - INFO - JOB_ACCEPTED::j1``.
 _LOGGING_LINE = re.compile(

@@ -342,12 +342,6 @@ class McapScan:
             if not self.follow.wait(size):
                 return False
 
-    def read_chunk(self, offset: int, length: int) -> Iterator[RawMessage]:
-        """The messages of the Chunk record at ``offset`` (from a summary's chunk index)."""
-        data = self.read_chunk_data(offset, length)
-        if data is not None:
-            yield from self.block_messages(data, offset + 9)
-
     def read_chunk_data(self, offset: int, length: int) -> bytes | None:
         """The decompressed records of the Chunk record at ``offset``, or None (reported)."""
         try:

@@ -32,7 +32,7 @@ from sleap_rtc.capture.read.mcapio import (
     Problem,
     RawMessage,
 )
-from sleap_rtc.capture.read.mcaprecords import ChannelRecord, SchemaRecord, chunk_plan
+from sleap_rtc.capture.read.mcaprecords import ChannelRecord, ChunkPlan, SchemaRecord, chunk_plan
 from sleap_rtc.capture.read.record import Record
 from sleap_rtc.capture.tojson.jsonlines import LineHook, LineMaker, json_block, line_maker
 
@@ -201,7 +201,7 @@ class CaptureReader:
         if jobs > 1 and len(self.paths) == 1 and self._kinds[0] == "mcap":
             plan = chunk_plan(self.paths[0])
             if plan is not None and len(plan.chunks) > 1:
-                yield from self._parallel(self.paths[0], jobs)
+                yield from self._parallel(self.paths[0], jobs, plan)
                 return
         fragments = Fragments()
         for index, (path, kind) in enumerate(zip(self.paths, self._kinds, strict=True)):
@@ -289,11 +289,9 @@ class CaptureReader:
         finally:
             self._done(scan)
 
-    def _parallel(self, path: str, jobs: int) -> Iterator[list[str]]:
+    def _parallel(self, path: str, jobs: int, plan: ChunkPlan) -> Iterator[list[str]]:
         from sleap_rtc.capture.tojson.parallel import parallel_json
 
-        plan = chunk_plan(path)
-        assert plan is not None
         self.files.append(
             FileInfo(path, "mcap", channels=plan.channels, schemas=plan.schemas, complete=True)
         )
