@@ -359,13 +359,25 @@ def test_a_1_1_peer_reads_a_1_2_path_check_and_a_1_2_worker_reads_a_1_1_request(
 
 
 def test_file_facts_go_only_to_a_worker_that_names_the_feature(tmp_path: Path) -> None:
+    """The client session leaves out ``client_files`` unless the worker agreed to it."""
+    from support.pair import SessionPair
+
     from sleap_rtc.client.pathrequest import file_facts, path_check_request
+    from sleap_rtc.client.session import ClientSession
+    from sleap_rtc.worker.events import RequestReceived
 
     video = tmp_path / "a.mp4"
     video.write_bytes(b"12345")
     facts = file_facts([str(video), str(tmp_path / "gone.mp4"), "C:\\x\\a.mp4", "rel/a.mp4"])
     assert [(f.path, f.size) for f in facts] == [(str(video), 5)]
-    kw = {"path_mappings": {}, "prefix_mappings": {}, "facts": facts}
-    assert not path_check_request("/l.slp", features=("attach",), **kw).client_files  # type: ignore[arg-type]
-    sent = path_check_request("/l.slp", features=("client_file_facts",), **kw)  # type: ignore[arg-type]
-    assert [f.size for f in sent.client_files] == [5]
+    request = path_check_request("/l.slp", path_mappings={}, prefix_mappings={}, facts=facts)
+    seen = {}
+    for features in (("attach",), ("attach", "client_file_facts")):
+        pair = SessionPair(client=ClientSession(token="good", features=features))
+        pair.handshake()
+        pair.client.request(request, now=pair.now)
+        received = [e for e in pair.roundtrip()[0] if isinstance(e, RequestReceived)]
+        assert len(received) == 1
+        seen[features[-1]] = [f.size for f in received[0].body.client_files]
+    assert seen == {"attach": [], "client_file_facts": [5]}
+    assert len(request.client_files) == 1  # the caller's message is left as it was

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 
 from google.protobuf.message import Message
@@ -40,7 +40,7 @@ from sleap_rtc.client.events import (
 )
 from sleap_rtc.client.session import ClientSession
 from sleap_rtc.transport.link import Link, LinkClosed
-from sleap_rtc_proto.v1 import handshake_pb2, job_pb2, paths_pb2, spec_pb2
+from sleap_rtc_proto.v1 import error_pb2, handshake_pb2, job_pb2, paths_pb2, spec_pb2
 
 log = logging.getLogger(__name__)
 
@@ -383,3 +383,59 @@ class WorkerConnection:
                 waiter.set_exception(ConnectionLost(str(reason)))
         self._events.put_nowait(None)
 
+
+
+class OpenFailed(Exception):
+    """:func:`open_connection` could not connect and say Hello.
+
+    ``login`` is True when the token was refused (by the signaling server or the
+    worker): the user must log in again; otherwise the worker could not be reached.
+    """
+
+    def __init__(self, message: str, *, login: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.login = login
+
+
+async def open_connection(
+    connect: Callable[[], Awaitable[Link]],
+    session: ClientSession,
+    *,
+    connect_s: float,
+    hello_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> WorkerConnection:
+    """Connect (within ``connect_s``) and say Hello (within ``hello_s``): the one way
+    every client flow opens a worker connection; nothing is sent after a failure.
+
+    Raises:
+        OpenFailed: naming why, with ``login`` set when the token was refused.
+    """
+    try:
+        async with asyncio.timeout(connect_s):
+            link = await connect()
+    except TimeoutError:
+        raise OpenFailed(f"no connection within {connect_s:g} s") from None
+    except Exception as exc:
+        login = getattr(exc, "is_auth", False) is True  # the signaling server refused it
+        raise OpenFailed(_described(exc), login=login) from None
+    conn = WorkerConnection(link, session, clock=clock)
+    try:
+        await conn.hello(timeout_s=hello_s)
+    except HelloRefusedError as exc:
+        await conn.close()
+        if exc.code == error_pb2.ERROR_CODE_UNAUTHENTICATED:
+            raise OpenFailed(f"the worker refused the token: {exc.message}", login=True) from None
+        raise OpenFailed(f"the worker refused the connection: {exc.message}") from None
+    except (ConnectionLost, RequestTimeout, RemoteError) as exc:
+        await conn.close()
+        raise OpenFailed(_described(exc)) from None
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+def _described(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

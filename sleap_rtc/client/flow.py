@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,10 +38,11 @@ from sleap_rtc.client.auth import AuthCheck, LoginRequired
 from sleap_rtc.client.callbacks import maybe_await
 from sleap_rtc.client.connection import (
     ConnectionLost,
-    HelloRefusedError,
+    OpenFailed,
     RemoteError,
     RequestTimeout,
     WorkerConnection,
+    open_connection,
 )
 from sleap_rtc.client.draft import draft_spec, final_spec, new_job_id
 from sleap_rtc.client.following import ProgressFollower, ProgressSink, answer_or_lost
@@ -241,42 +241,24 @@ class PresubmissionFlow:
 
     async def _open(self, token: str) -> WorkerConnection:
         """Connect and say Hello; any failure is 'Could not connect', nothing sent after."""
-        try:
-            async with asyncio.timeout(self.timeouts.connect_s):
-                link = await self.connect()
-        except TimeoutError:
-            raise FlowEnded(error_result(
-                "connect", COULD_NOT_CONNECT, f"no connection within {self.timeouts.connect_s:g} s"
-            )) from None
-        except Exception as exc:
-            if getattr(exc, "is_auth", False) is True:  # the signaling server refused the token
-                raise FlowEnded(error_result("auth", LOGIN_REQUIRED, describe(exc))) from None
-            raise FlowEnded(error_result("connect", COULD_NOT_CONNECT, describe(exc))) from None
         session = ClientSession(
             token=token,
             software=self.software,
             components=self.components,
             client_name=self.client_name,
         )
-        conn = WorkerConnection(link, session, clock=self.clock)
         try:
-            await conn.hello(timeout_s=self.timeouts.hello_s)
-        except HelloRefusedError as exc:
-            await conn.close()
-            if exc.code == error_pb2.ERROR_CODE_UNAUTHENTICATED:
-                raise FlowEnded(error_result(
-                    "auth", LOGIN_REQUIRED, f"the worker refused the token: {exc.message}"
-                )) from None
-            raise FlowEnded(error_result(
-                "connect", COULD_NOT_CONNECT, f"the worker refused the connection: {exc.message}"
-            )) from None
-        except (ConnectionLost, RequestTimeout, RemoteError) as exc:
-            await conn.close()
-            raise FlowEnded(error_result("connect", COULD_NOT_CONNECT, describe(exc))) from None
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
+            return await open_connection(
+                self.connect,
+                session,
+                connect_s=self.timeouts.connect_s,
+                hello_s=self.timeouts.hello_s,
+                clock=self.clock,
+            )
+        except OpenFailed as exc:
+            if exc.login:
+                raise FlowEnded(error_result("auth", LOGIN_REQUIRED, exc.message)) from None
+            raise FlowEnded(error_result("connect", COULD_NOT_CONNECT, exc.message)) from None
 
     async def _existing(self, conn: WorkerConnection, job_id: str) -> job_pb2.JobStatus | None:
         """A retry's first question: does the worker already have ``job_id``?
@@ -322,15 +304,14 @@ class PresubmissionFlow:
         chosen = Resolution()
         view: CheckView | None = None
         for attempt in range(1, self.max_rounds + 2):
-            result = await self._ask_check(conn, labels_path, mappings, prefixes, features, facts,
-                                           view)
+            result = await self._ask_check(conn, labels_path, mappings, prefixes, facts, view)
             if not facts and str(Feature.CLIENT_FILE_FACTS) in features and result.videos:
                 # 1.2: the client's sizes rank same-name-and-size matches first: ask once more
                 facts = file_facts(v.original_path for v in result.videos
                                    if v.status not in _PASSING)
                 if facts:
                     result = await self._ask_check(conn, labels_path, mappings, prefixes,
-                                                   features, facts, view)
+                                                   facts, view)
             view = CheckView.from_result(
                 result,
                 path_mappings=mappings,
@@ -381,13 +362,13 @@ class PresubmissionFlow:
         labels_path: str,
         mappings: Mapping[str, str],
         prefixes: Mapping[str, str],
-        features: Sequence[str],
         facts: Sequence[paths_pb2.ClientFile],
         view: CheckView | None,
     ) -> paths_pb2.PathCheckResult:
-        """One PathCheckRequest (file facts only where negotiated); failures end the flow."""
+        """One PathCheckRequest (the session sends file facts only where agreed);
+        failures end the flow."""
         request = path_check_request(labels_path, path_mappings=mappings,
-                                     prefix_mappings=prefixes, features=features, facts=facts)
+                                     prefix_mappings=prefixes, facts=facts)
         try:
             result = await answer_or_lost(
                 conn, conn.request(request, timeout_s=self.timeouts.check_s), self.timeouts

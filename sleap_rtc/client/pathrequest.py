@@ -9,10 +9,9 @@ that named the feature in HelloAck; a 1.1 worker gets the 1.1 request.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from sleap_rtc.paths.model import ClientPath, text_problem
-from sleap_rtc_proto.bodies import Feature
 from sleap_rtc_proto.v1 import paths_pb2
 
 #: Most files whose facts one request carries.
@@ -46,15 +45,13 @@ def path_check_request(
     *,
     path_mappings: Mapping[str, str],
     prefix_mappings: Mapping[str, str],
-    features: Collection[str],
     facts: Iterable[paths_pb2.ClientFile] = (),
 ) -> paths_pb2.PathCheckRequest:
-    """The request; ``facts`` are sent only when ``client_file_facts`` is in ``features``."""
-    request = paths_pb2.PathCheckRequest(
+    """The request. ``facts`` reach only a worker that agreed to ``client_file_facts``:
+    the session leaves them out otherwise (:func:`sleap_rtc_proto.bodies.for_peer`)."""
+    return paths_pb2.PathCheckRequest(
         labels_path=labels_path,
         path_mappings=dict(path_mappings),
         prefix_mappings=dict(prefix_mappings),
+        client_files=list(facts),
     )
-    if str(Feature.CLIENT_FILE_FACTS) in features:
-        request.client_files.extend(facts)
-    return request

@@ -21,10 +21,11 @@ from typing import Any
 
 from sleap_rtc.client.connection import (
     ConnectionLost,
-    HelloRefusedError,
+    OpenFailed,
     RemoteError,
     RequestTimeout,
     WorkerConnection,
+    open_connection,
 )
 from sleap_rtc.client.following import ProgressFollower, ProgressSink
 from sleap_rtc.client.results import (
@@ -75,26 +76,16 @@ async def _open(
     connect: Callable[[], Awaitable[Any]], token: str, client_name: str, timeouts: FlowTimeouts
 ) -> WorkerConnection:
     try:
-        link = await connect()
-    except Exception as exc:
-        if getattr(exc, "is_auth", False) is True:
-            raise  # the signaling server refused the token: the caller's typed error
-        raise ReattachUnreachable(f"{COULD_NOT_CONNECT} ({exc})") from None
-    conn = WorkerConnection(link, ClientSession(token=token, client_name=client_name))
-    try:
-        await conn.hello(timeout_s=timeouts.hello_s)
-    except HelloRefusedError as exc:
-        await conn.close()
-        if exc.code == error_pb2.ERROR_CODE_UNAUTHENTICATED:
+        return await open_connection(
+            connect,
+            ClientSession(token=token, client_name=client_name),
+            connect_s=timeouts.connect_s,
+            hello_s=timeouts.hello_s,
+        )
+    except OpenFailed as exc:
+        if exc.login:
             raise ReattachLoginRequired(f"{LOGIN_REQUIRED} ({exc.message})") from None
         raise ReattachUnreachable(f"{COULD_NOT_CONNECT} ({exc.message})") from None
-    except (ConnectionLost, RequestTimeout, RemoteError) as exc:
-        await conn.close()
-        raise ReattachUnreachable(f"{COULD_NOT_CONNECT} ({exc})") from None
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
 
 
 async def reattach(

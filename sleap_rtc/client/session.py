@@ -213,7 +213,8 @@ class ClientSession:
             raise SessionMisuse(
                 f"{row.name} needs the {row.feature!s} feature, which the worker did not agree to"
             )
-        return self._queue(row.name, body, now, timeout_s)
+        # Fields behind a feature the worker did not agree to are not sent (FieldFeature).
+        return self._queue(row.name, bodies.for_peer(body, self.hello_ack.features), now, timeout_s)
 
     def abandon(self, correlation_id: int) -> None:
         """Stop waiting for ``correlation_id``; a later answer becomes a ``late`` violation."""

@@ -290,10 +290,8 @@ class RemoteRun(QtCore.QObject):
             raise RuntimeError("the connection to the worker is closed")
         mappings = {**view.path_mappings, **resolution.path_mappings}
         prefixes = {**view.prefix_mappings, **resolution.prefix_mappings}
-        ack = conn.session.hello_ack
         request = path_check_request(self.labels_path, path_mappings=mappings,
-                                     prefix_mappings=prefixes,
-                                     features=tuple(ack.features) if ack is not None else ())
+                                     prefix_mappings=prefixes)
         answer = await conn.request(request, timeout_s=flow.timeouts.check_s)
         assert isinstance(answer, paths_pb2.PathCheckResult)
         return CheckView.from_result(answer, path_mappings=mappings, prefix_mappings=prefixes,
