@@ -23,7 +23,7 @@ import os
 import stat
 
 from sleap_rtc.worker.events import make_error
-from sleap_rtc.worker.mounts import MountPolicy, NotAbsolute, OutsideMounts, PathRejected
+from sleap_rtc.worker.mounts import MountPolicy, OutsideMounts, PathRejected
 from sleap_rtc_proto.v1 import error_pb2, paths_pb2
 
 #: Entries per page when the request leaves page_size unset.
@@ -59,11 +59,7 @@ def list_directory(
             f"{request.path!r} lies outside the worker's shared storage",
             details={"path": request.path},
         )
-    except NotAbsolute as exc:
-        return make_error(
-            error_pb2.ERROR_CODE_INVALID_ARGUMENT, str(exc), details={"path": request.path}
-        )
-    except PathRejected as exc:
+    except PathRejected as exc:  # NotAbsolute among them
         return make_error(
             error_pb2.ERROR_CODE_INVALID_ARGUMENT, str(exc), details={"path": request.path}
         )

@@ -166,7 +166,6 @@ class LaunchPolicy:
         rules = self.rules(command, temp, run_dir, config_copy, publish_port, controller_port)
         spec = {
             "require": self.mode is Mode.REQUIRE,
-            "abi": self.availability.abi,
             "paths": rules.paths,
             "ports": rules.connect_ports,
             "manifest": [list(m) for m in manifest],
